@@ -1,0 +1,66 @@
+// swift-tools-version:6.3
+import PackageDescription
+
+let strict: [SwiftSetting] = [.swiftLanguageMode(.v6)]
+
+let package = Package(
+    name: "Stateroom",
+    platforms: [.macOS(.v15)],
+    products: [
+        .library(name: "Stateroom", targets: ["Stateroom"]),
+        .executable(name: "stateroom-server", targets: ["stateroom-server"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swiftwasm/WasmKit", exact: "0.4.2"),
+    ],
+    targets: [
+        .target(
+            name: "CUring",
+            linkerSettings: [.linkedLibrary("uring")]
+        ),
+        .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto"),
+        .target(
+            name: "IOCore",
+            dependencies: ["CUring", "CLibCrypto"],
+            swiftSettings: strict
+        ),
+        .target(name: "Stateroom", swiftSettings: strict),
+        .target(
+            name: "StateroomServer",
+            dependencies: [
+                "IOCore", "Stateroom",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .target(
+            name: "WasmHost",
+            dependencies: [
+                "Stateroom",
+                .product(name: "WasmKit", package: "WasmKit"),
+                .product(name: "WasmKitWASI", package: "WasmKit"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "stateroom-server",
+            dependencies: [
+                "StateroomServer", "WasmHost",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
+        .testTarget(name: "IOCoreTests", dependencies: ["IOCore"], swiftSettings: strict),
+        .testTarget(name: "StateroomServerTests", dependencies: ["StateroomServer", "Stateroom"], swiftSettings: strict),
+        .testTarget(
+            name: "WasmHostTests",
+            dependencies: ["WasmHost", "Stateroom", .product(name: "WAT", package: "WasmKit")],
+            resources: [.copy("Fixtures")],
+            swiftSettings: strict
+        ),
+    ]
+)

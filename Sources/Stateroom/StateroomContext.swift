@@ -1,0 +1,27 @@
+/// What a service can do to its room: send messages and set its timer.
+///
+/// A context is only valid during the callback it was passed to.
+public protocol StateroomContext {
+    /// Sends `message` to `recipient`. A broadcast is encoded once, however many clients receive it.
+    func send(_ message: MessagePayload, to recipient: MessageRecipient)
+
+    /// Sets the room's single timer: ``StateroomService/timer(context:)`` is called after
+    /// `milliseconds`. A new call replaces a pending timer; `0` fires on the next loop turn.
+    func setTimer(milliseconds: UInt32)
+
+    /// Ends the room because the service cannot go on: every client is closed with 1011
+    /// (internal error) and `reason` is logged. The next connect to the room id starts afresh.
+    func closeRoom(reason: String)
+}
+
+extension StateroomContext {
+    /// Sends a text message.
+    public func send(_ text: String, to recipient: MessageRecipient) {
+        send(.text(text), to: recipient)
+    }
+
+    /// Sends a binary message.
+    public func send(binary bytes: [UInt8], to recipient: MessageRecipient) {
+        send(.binary(bytes), to: recipient)
+    }
+}
