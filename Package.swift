@@ -13,6 +13,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/swiftwasm/WasmKit", exact: "0.4.2"),
     ],
     targets: [
@@ -22,15 +23,25 @@ let package = Package(
         ),
         .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto"),
         .target(
+            name: "WireProtocol",
+            dependencies: ["CLibCrypto"],
+            swiftSettings: strict
+        ),
+        .target(
             name: "IOCore",
-            dependencies: ["CUring", "CLibCrypto"],
+            dependencies: [
+                "CUring",
+                .product(name: "DequeModule", package: "swift-collections"),
+            ],
             swiftSettings: strict
         ),
         .target(name: "Stateroom", swiftSettings: strict),
         .target(
             name: "StateroomServer",
             dependencies: [
-                "IOCore", "Stateroom",
+                "IOCore", "WireProtocol", "Stateroom",
+                .product(name: "DequeModule", package: "swift-collections"),
+                .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
@@ -48,12 +59,13 @@ let package = Package(
         .executableTarget(
             name: "stateroom-server",
             dependencies: [
-                "StateroomServer", "WasmHost",
+                "StateroomServer", "WasmHost", "IOCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict
         ),
+        .testTarget(name: "WireProtocolTests", dependencies: ["WireProtocol"], swiftSettings: strict),
         .testTarget(name: "IOCoreTests", dependencies: ["IOCore"], swiftSettings: strict),
         .testTarget(name: "StateroomServerTests", dependencies: ["StateroomServer", "Stateroom"], swiftSettings: strict),
         .testTarget(

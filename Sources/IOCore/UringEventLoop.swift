@@ -1,0 +1,148 @@
+import CUring
+import Glibc
+
+/// The io_uring backend: one ring per thread, set up with SINGLE_ISSUER | DEFER_TASKRUN (the
+/// ring is only ever entered from its own thread, and task work runs when we wait, not as an
+/// interrupt), multishot accept and recv, and a provided buffer ring for receives.
+///
+/// This file and `EpollEventLoop.swift` are where IOCore touches raw memory handed to the
+/// kernel. Custody rule for every submit below: the memory an SQE points at (provided buffers,
+/// a `msghdr` and its iovecs, an eventfd read target) stays alive and untouched until that
+/// operation's final completion (one without `IORING_CQE_F_MORE`).
+public final class UringEventLoop: EventLoopBackend {
+    public let backendName = "uring"
+    private let ring: OpaquePointer
+    private let bufRing: OpaquePointer
+    private let bufferGroup: Int32 = 1
+    private let bufferCount: Int
+    private let bufferSize: Int
+    private let bufferMask: Int32
+    private let buffers: UnsafeMutableRawPointer
+    private var recycled: Int32 = 0
+    private let cqes: UnsafeMutablePointer<cu_cqe>
+    private let batchSize = 512
+
+    public init(_ config: EventLoopConfiguration) throws {
+        precondition(config.receiveBufferCount > 0 && config.receiveBufferCount & (config.receiveBufferCount - 1) == 0,
+                     "receive buffer count must be a power of two")
+        var err: Int32 = 0
+        let flags = CU_SETUP_SINGLE_ISSUER | CU_SETUP_DEFER_TASKRUN | CU_SETUP_SUBMIT_ALL
+        guard let ring = cu_queue_init(config.ringEntries, flags, &err) else {
+            throw EventLoopError(
+                "io_uring setup failed: \(errnoDescription(err)). io_uring may be disabled here "
+                    + "(a seccomp profile such as a container runtime's default, or the sysctl "
+                    + "kernel.io_uring_disabled), or the kernel is older than 6.1; run with --io epoll")
+        }
+        self.ring = ring
+        guard let br = cu_setup_buf_ring(ring, UInt32(config.receiveBufferCount), bufferGroup, &err) else {
+            cu_queue_exit(ring)
+            throw EventLoopError("io_uring provided buffer ring registration failed: \(errnoDescription(err)) (needs Linux 5.19+)")
+        }
+        self.bufRing = br
+        self.bufferCount = config.receiveBufferCount
+        self.bufferSize = config.receiveBufferSize
+        self.bufferMask = cu_buf_ring_mask(UInt32(config.receiveBufferCount))
+        // Custody: these buffers belong to the kernel while they sit in the ring; a buffer is
+        // ours from the completion that names it until recycle() hands it back.
+        self.buffers = UnsafeMutableRawPointer.allocate(byteCount: bufferCount * bufferSize, alignment: 4096)
+        for i in 0..<bufferCount {
+            cu_buf_ring_add(br, buffers + i * bufferSize, UInt32(bufferSize), UInt16(i), bufferMask, Int32(i))
+        }
+        cu_buf_ring_advance(br, Int32(bufferCount))
+        self.cqes = .allocate(capacity: batchSize)
+    }
+
+    deinit {
+        cu_free_buf_ring(ring, bufRing, UInt32(bufferCount), bufferGroup)
+        cu_queue_exit(ring)
+        buffers.deallocate()
+        cqes.deallocate()
+    }
+
+    @inline(__always)
+    private func sqe() -> OpaquePointer {
+        guard let s = cu_get_sqe(ring) else {
+            fatalError("io_uring submission queue stayed full after a submit")
+        }
+        return s
+    }
+
+    public func armAccept(fd: Int32, tag: Tag) {
+        let s = sqe()
+        cu_prep_multishot_accept(s, fd, Int32(SOCK_CLOEXEC.rawValue))
+        cu_sqe_set_data64(s, tag.rawValue)
+    }
+
+    public func armReceive(fd: Int32, tag: Tag, multishot: Bool) {
+        let s = sqe()
+        // Custody: the kernel picks a provided buffer per completion; none is tied to this socket
+        // while it is idle.
+        if multishot { cu_prep_recv_multishot(s, fd, bufferGroup) } else { cu_prep_recv_select(s, fd, bufferGroup) }
+        cu_sqe_set_data64(s, tag.rawValue)
+    }
+
+    public func send(fd: Int32, message: UnsafeMutablePointer<msghdr>, tag: Tag) {
+        let s = sqe()
+        // Custody: `message`, its iovecs and the bytes they point at stay alive and unchanged until
+        // this send completes; the connection owns them and frees them only after that.
+        cu_prep_sendmsg(s, fd, message, UInt32(MSG_NOSIGNAL))
+        cu_sqe_set_data64(s, tag.rawValue)
+    }
+
+    public func readWake(fd: Int32, into: UnsafeMutableRawPointer, tag: Tag) {
+        let s = sqe()
+        // Custody: `into` (8 bytes) belongs to the kernel until the read completes.
+        cu_prep_read(s, fd, into, 8, 0)
+        cu_sqe_set_data64(s, tag.rawValue)
+    }
+
+    public func cancel(_ target: Tag) {
+        let s = sqe()
+        cu_prep_cancel64(s, target.rawValue, 0)
+        cu_sqe_set_data64(s, Tag(op: .cancel, slot: 0, generation: 0).rawValue)
+    }
+
+    public func forget(fd: Int32) {}
+
+    @inline(__always)
+    public func buffer(_ id: UInt16, count: Int) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: buffers + Int(id) * bufferSize, count: count)
+    }
+
+    @inline(__always)
+    public func recycle(_ id: UInt16) {
+        cu_buf_ring_add(bufRing, buffers + Int(id) * bufferSize, UInt32(bufferSize), id, bufferMask, recycled)
+        recycled += 1
+    }
+
+    private func publishRecycled() {
+        if recycled > 0 {
+            cu_buf_ring_advance(bufRing, recycled)
+            recycled = 0
+        }
+    }
+
+    public func flush() {
+        publishRecycled()
+        _ = cu_submit(ring)
+    }
+
+    public func poll(timeoutNanoseconds: Int64, _ body: (Completion) -> Void) {
+        publishRecycled()
+        let r = cu_submit_and_wait_timeout(ring, 1, timeoutNanoseconds)
+        if r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY {
+            // Nothing sensible to do but report; the loop goes on.
+            cu_write_stderr("stateroom: io_uring_submit_and_wait_timeout: \(errnoDescription(-r))\n")
+        }
+        let n = Int(cu_reap(ring, cqes, UInt32(batchSize)))
+        for i in 0..<n {
+            let c = cqes[i]
+            guard let tag = Tag(rawValue: c.user_data) else { continue }
+            let hasBuffer = c.flags & CU_CQE_F_BUFFER != 0
+            body(Completion(
+                tag: tag, result: c.res,
+                bufferID: hasBuffer ? UInt16(truncatingIfNeeded: c.flags >> CU_CQE_BUFFER_SHIFT) : nil,
+                more: c.flags & CU_CQE_F_MORE != 0))
+        }
+    }
+}

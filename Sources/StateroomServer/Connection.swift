@@ -1,0 +1,63 @@
+import DequeModule
+import Glibc
+import IOCore
+import Stateroom
+import WireProtocol
+
+/// One queued piece of outbound bytes: a slice of a pooled frame buffer.
+struct OutChunk {
+    var buffer: FrameBuffer
+    var offset: Int32
+    var length: Int32
+}
+
+/// One client socket, owned by exactly one shard.
+///
+/// Life: `.http` (reading the request head) → `.open` (WebSocket, member of a room) →
+/// `.closing` (close frame or error response queued; the write side is shut once the queue
+/// drains, and the socket is read until EOF or the deadline) → `.dead` (shut down; the slot is
+/// freed when no operation on it is in flight).
+final class Connection {
+    enum State { case http, open, closing, dead }
+
+    let slot: UInt32
+    let generation: UInt32
+    let fd: Int32
+    var state: State = .http
+
+    // Inbound.
+    var recvArmed = false
+    var recvMultishot = false
+    /// Bytes of a request head that arrived in pieces (empty on the fast path).
+    var httpBuffer: [UInt8] = []
+    var parser: WebSocketParser
+    var lastHeard: UInt64
+
+    // Room membership.
+    var room: Room?
+    var clientId = ClientId(0)
+    var memberIndex = -1
+
+    // Outbound: at most one send in flight; later frames gather behind it.
+    var queue = Deque<OutChunk>()
+    var queuedBytes = 0
+    var sendInFlight = false
+    var inFlightChunks = 0
+    var isDirty = false
+    /// Shut the write side once everything queued has gone out.
+    var closeAfterFlush = false
+    var writeShut = false
+    /// `msghdr` + iovecs for the send in flight; borrowed from the shard's pool while sending.
+    var sendSpace: UnsafeMutableRawPointer?
+
+    init(slot: UInt32, generation: UInt32, fd: Int32, maxMessageSize: Int, now: UInt64) {
+        self.slot = slot
+        self.generation = generation
+        self.fd = fd
+        self.parser = WebSocketParser(maxMessageSize: maxMessageSize)
+        self.lastHeard = now
+    }
+
+    @inline(__always)
+    func tag(_ op: OpKind) -> Tag { Tag(op: op, slot: slot, generation: generation) }
+}

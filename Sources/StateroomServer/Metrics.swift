@@ -1,0 +1,63 @@
+import Synchronization
+
+/// Counters of one shard. The shard bumps plain integers on its hot path and publishes them
+/// here once per loop turn, under an uncontended lock; `/metrics` (on any shard) reads them.
+final class ShardStats: Sendable {
+    enum Counter: Int, CaseIterable {
+        case connectionsAccepted, connectionsOpen, webSocketsOpen, handoffsOut, handoffsIn
+        case roomsActive, roomsCreated, roomFailures, messagesReceived, framesQueued, bytesQueued
+        case sendsSubmitted, slowClientCloses, protocolErrorCloses, heartbeatTimeouts, httpErrors
+        case acceptErrors, pingsSent
+
+        var name: String {
+            switch self {
+            case .connectionsAccepted: "stateroom_connections_accepted_total"
+            case .connectionsOpen: "stateroom_connections_open"
+            case .webSocketsOpen: "stateroom_websockets_open"
+            case .handoffsOut: "stateroom_handoffs_total"
+            case .handoffsIn: "stateroom_handoffs_received_total"
+            case .roomsActive: "stateroom_rooms_active"
+            case .roomsCreated: "stateroom_rooms_created_total"
+            case .roomFailures: "stateroom_room_failures_total"
+            case .messagesReceived: "stateroom_messages_received_total"
+            case .framesQueued: "stateroom_frames_queued_total"
+            case .bytesQueued: "stateroom_bytes_queued_total"
+            case .sendsSubmitted: "stateroom_sends_submitted_total"
+            case .slowClientCloses: "stateroom_slow_client_closes_total"
+            case .protocolErrorCloses: "stateroom_protocol_error_closes_total"
+            case .heartbeatTimeouts: "stateroom_heartbeat_timeouts_total"
+            case .httpErrors: "stateroom_http_errors_total"
+            case .acceptErrors: "stateroom_accept_errors_total"
+            case .pingsSent: "stateroom_pings_sent_total"
+            }
+        }
+
+        var isGauge: Bool { self == .connectionsOpen || self == .webSocketsOpen || self == .roomsActive }
+    }
+
+    private let values = Mutex([Int](repeating: 0, count: Counter.allCases.count))
+
+    func publish(_ local: [Int]) {
+        values.withLock { v in
+            for i in 0..<v.count { v[i] = local[i] }
+        }
+    }
+
+    func value(_ c: Counter) -> Int { values.withLock { $0[c.rawValue] } }
+}
+
+/// The Prometheus text exposition of all shards' counters, with a `shard` label and a sum.
+func renderMetrics(_ shards: [ShardStats]) -> String {
+    var out = ""
+    for c in ShardStats.Counter.allCases {
+        out += "# TYPE \(c.name) \(c.isGauge ? "gauge" : "counter")\n"
+        var total = 0
+        for (i, s) in shards.enumerated() {
+            let v = s.value(c)
+            total += v
+            out += "\(c.name){shard=\"\(i)\"} \(v)\n"
+        }
+        out += "\(c.name) \(total)\n"
+    }
+    return out
+}

@@ -1,0 +1,104 @@
+import Glibc
+import IOCore
+import Logging
+import Stateroom
+import Synchronization
+
+/// Counts shard threads that finished starting.
+final class StartLatch: Sendable {
+    private let arrived = Mutex(0)
+    func arrive() { arrived.withLock { $0 += 1 } }
+    func wait(for n: Int) {
+        while arrived.withLock({ $0 }) < n { usleep(500) }
+    }
+}
+
+/// A running server: one listener and one shard thread per configured shard.
+public final class Server: @unchecked Sendable {
+    // @unchecked: `shards` is written once in `start` before any thread runs and read only after;
+    // everything else a shard owns is touched only by its own thread.
+    public let configuration: ServerConfiguration
+    /// The port actually bound (useful with port 0).
+    public private(set) var port: UInt16 = 0
+    /// The backend in use (`uring` or `epoll`).
+    public private(set) var backend: EventLoopConfiguration.Backend = .uring
+    private var shards: [Shard] = []
+    private let logger: Logger
+
+    public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "stateroom")) {
+        self.configuration = configuration
+        self.logger = logger
+    }
+
+    /// Decides the backend, binds the listeners and starts every shard. Throws a clear error if
+    /// the port cannot be bound or the event loop cannot be set up.
+    public func start(factory: any StateroomServiceFactory) throws {
+        var config = configuration
+        config.shards = max(1, config.shards)
+        switch config.io {
+        case .uring:
+            config.eventLoop.backend = .uring
+        case .epoll:
+            config.eventLoop.backend = .epoll
+        case .auto:
+            do {
+                _ = try UringEventLoop(config.eventLoop)
+                config.eventLoop.backend = .uring
+            } catch {
+                logger.warning("io_uring unavailable, falling back to epoll: \(error)")
+                config.eventLoop.backend = .epoll
+            }
+        }
+        backend = config.eventLoop.backend
+        signal(SIGPIPE, SIG_IGN)
+
+        var listeners: [Int32] = []
+        var boundPort = config.port
+        do {
+            for _ in 0..<config.shards {
+                let l = try Socket.listen(host: config.host, port: boundPort)
+                listeners.append(l.fd)
+                boundPort = l.port
+            }
+        } catch {
+            for fd in listeners { Socket.close(fd) }
+            throw error
+        }
+        port = boundPort
+
+        var mailboxes: [Mailbox<ShardMessage>] = []
+        var stats: [ShardStats] = []
+        for _ in 0..<config.shards {
+            mailboxes.append(try Mailbox())
+            stats.append(ShardStats())
+        }
+        for i in 0..<config.shards {
+            let s = Shard(index: i, config: config, factory: factory, listenerFD: listeners[i],
+                          mailbox: mailboxes[i], stats: stats[i], logger: logger)
+            s.peers = mailboxes
+            s.allStats = stats
+            shards.append(s)
+        }
+        let cpus = Socket.availableCPUs
+        let latch = StartLatch()
+        for (i, s) in shards.enumerated() {
+            s.start(cpu: config.pinThreads ? i % cpus : nil, ready: latch)
+        }
+        latch.wait(for: shards.count)
+        if let failed = shards.first(where: { $0.startError != nil }), let err = failed.startError {
+            stop()
+            throw err
+        }
+    }
+
+    /// Asks every shard to close its connections (1001) and stop, then waits for them.
+    public func stop() {
+        for s in shards { s.mailbox.post(.shutdown) }
+        wait()
+    }
+
+    /// Blocks until every shard thread has ended.
+    public func wait() {
+        for s in shards { s.join() }
+    }
+}

@@ -1,0 +1,37 @@
+import IOCore
+import Stateroom
+
+/// Everything a server is started with.
+public struct ServerConfiguration: Sendable {
+    public enum IOMode: String, Sendable, CaseIterable {
+        /// io_uring, falling back to epoll (with a log line) when io_uring cannot be set up.
+        case auto
+        case uring
+        case epoll
+    }
+
+    public var host = "0.0.0.0"
+    /// 0 picks a free port (all shards share it).
+    public var port: UInt16 = 8080
+    public var shards = Socket.availableCPUs
+    public var io: IOMode = .auto
+    /// Largest message a client may send (1009 beyond).
+    public var maxMessageSize = 16 << 20
+    /// Cap on a socket's queued outbound bytes (1008 beyond).
+    public var maxPendingBytes = 4 << 20
+    /// How long a client closed for being slow may still drain before its TCP connection is cut.
+    public var slowClientGrace: Double = 5
+    /// Seconds between pings.
+    public var heartbeatInterval: Double = 30
+    /// Seconds of silence after which a client is dropped.
+    public var heartbeatTimeout: Double = 300
+    /// Seconds a closing connection waits for the peer's EOF.
+    public var closeTimeout: Double = 5
+    /// Directory served at `/` (static files), if any.
+    public var staticDirectory: String?
+    /// Pin shard threads to CPUs.
+    public var pinThreads = true
+    public var eventLoop = EventLoopConfiguration()
+
+    public init() {}
+}

@@ -1,0 +1,43 @@
+import HeapModule
+
+/// What a shard's timer does when it fires.
+enum TimerKind {
+    case room(Room, token: UInt64)
+    case heartbeat
+    case connectionDeadline(slot: UInt32, generation: UInt32)
+    case resumeAccept
+}
+
+/// One pending timer; ordered by deadline, then by insertion.
+struct TimerEntry: Comparable {
+    var deadline: UInt64
+    var sequence: UInt64
+    var kind: TimerKind
+
+    static func < (a: TimerEntry, b: TimerEntry) -> Bool {
+        a.deadline != b.deadline ? a.deadline < b.deadline : a.sequence < b.sequence
+    }
+    static func == (a: TimerEntry, b: TimerEntry) -> Bool {
+        a.deadline == b.deadline && a.sequence == b.sequence
+    }
+}
+
+/// A shard's timers: one min-heap; the loop waits no longer than the earliest deadline.
+struct TimerQueue {
+    private var heap = Heap<TimerEntry>()
+    private var sequence: UInt64 = 0
+
+    mutating func schedule(at deadline: UInt64, _ kind: TimerKind) {
+        sequence &+= 1
+        heap.insert(TimerEntry(deadline: deadline, sequence: sequence, kind: kind))
+    }
+
+    var nextDeadline: UInt64? { heap.min?.deadline }
+    var currentSequence: UInt64 { sequence }
+
+    /// Pops the earliest entry due at `now` that was scheduled no later than `sequenceLimit`.
+    mutating func popDue(now: UInt64, sequenceLimit: UInt64) -> TimerEntry? {
+        guard let m = heap.min, m.deadline <= now, m.sequence <= sequenceLimit else { return nil }
+        return heap.popMin()
+    }
+}

@@ -1,0 +1,121 @@
+import ArgumentParser
+import Glibc
+import IOCore
+import Logging
+import Stateroom
+import StateroomServer
+import WasmHost
+
+@main
+struct StateroomServerCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stateroom-server",
+        abstract: "Serves Stateroom rooms over WebSocket: /ws/<room>, /status, /metrics.")
+
+    @Option(help: "Address to listen on.")
+    var host = "0.0.0.0"
+    @Option(help: "Port to listen on (0 picks a free one).")
+    var port: UInt16 = 8080
+    @Option(help: "Shard threads, each pinned to a core (default: number of CPUs).")
+    var shards: Int?
+    @Option(help: "Built-in service: counter, echo, relay or chat.")
+    var service: String = "counter"
+    @Option(help: "Serve this WebAssembly module in every room instead of a built-in service.")
+    var wasm: String?
+    @Option(help: "Serve static files from this directory at /.")
+    var `static`: String?
+    @Option(help: "I/O backend: auto (io_uring, else epoll), uring or epoll.")
+    var io: String = "auto"
+    @Option(help: "Largest message a client may send, in bytes (1009 beyond).")
+    var maxMessageSize: Int = 16 << 20
+    @Option(help: "Cap on a client's queued outbound bytes (closed with 1008 beyond).")
+    var maxPendingBytes: Int = 4 << 20
+    @Option(help: "Seconds between pings.")
+    var heartbeatInterval: Double = 30
+    @Option(help: "Seconds of silence after which a client is dropped.")
+    var heartbeatTimeout: Double = 300
+    @Option(help: "Guest execution budget per wasm callback, in milliseconds.")
+    var wasmCallbackBudget: Int = 100
+    @Option(help: "Memory cap of one wasm room instance, in bytes.")
+    var wasmMaxMemory: Int = 64 << 20
+    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
+    var logLevel: String = "info"
+    @Flag(help: "Do not pin shard threads to cores.")
+    var noPin = false
+
+    func validate() throws {
+        guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
+        guard ServerConfiguration.IOMode(rawValue: io) != nil else { throw ValidationError("--io must be auto, uring or epoll") }
+        if wasm == nil && BuiltinService(rawValue: service) == nil {
+            throw ValidationError("unknown service '\(service)' (counter, echo, relay, chat)")
+        }
+        if let s = shards, s < 1 || s > 1024 { throw ValidationError("--shards must be between 1 and 1024") }
+        if maxMessageSize < 1 { throw ValidationError("--max-message-size must be positive") }
+        if maxPendingBytes < 1024 { throw ValidationError("--max-pending-bytes must be at least 1024") }
+    }
+
+    func run() throws {
+        let level = Logger.Level(rawValue: logLevel) ?? .info
+        LoggingSystem.bootstrap { label in
+            var h = StreamLogHandler.standardError(label: label)
+            h.logLevel = level
+            return h
+        }
+        let logger = Logger(label: "stateroom")
+
+        var config = ServerConfiguration()
+        config.host = host
+        config.port = port
+        if let shards { config.shards = shards }
+        config.io = ServerConfiguration.IOMode(rawValue: io) ?? .auto
+        config.maxMessageSize = maxMessageSize
+        config.maxPendingBytes = maxPendingBytes
+        config.heartbeatInterval = heartbeatInterval
+        config.heartbeatTimeout = heartbeatTimeout
+        config.staticDirectory = `static`
+        config.pinThreads = !noPin
+
+        let factory: any StateroomServiceFactory
+        let serviceName: String
+        if let wasm {
+            do {
+                factory = try makeWasmFactory(path: wasm, logger: logger)
+            } catch {
+                writeStandardError("stateroom-server: cannot load \(wasm): \(error)\n")
+                Glibc.exit(1)
+            }
+            serviceName = "wasm \(wasm)"
+        } else {
+            factory = BuiltinService(rawValue: service)!.factory
+            serviceName = service
+        }
+
+        // Block the stop signals in every thread; this one waits for them.
+        var set = sigset_t()
+        sigemptyset(&set)
+        sigaddset(&set, SIGINT)
+        sigaddset(&set, SIGTERM)
+        pthread_sigmask(SIG_BLOCK, &set, nil)
+
+        let server = Server(configuration: config, logger: logger)
+        do {
+            try server.start(factory: factory)
+        } catch {
+            writeStandardError("stateroom-server: \(error)\n")
+            Glibc.exit(1)
+        }
+        print("stateroom-server listening on http://\(host):\(server.port) (service: \(serviceName), shards: \(config.shards), io: \(server.backend.rawValue))")
+        fflush(nil)
+
+        var sig: Int32 = 0
+        sigwait(&set, &sig)
+        logger.info("signal \(sig): shutting down")
+        server.stop()
+    }
+
+    func makeWasmFactory(path: String, logger: Logger) throws -> any StateroomServiceFactory {
+        try WasmServiceFactory(path: path,
+                               limits: WasmLimits(callbackBudgetMilliseconds: wasmCallbackBudget, maxMemoryBytes: wasmMaxMemory),
+                               logger: logger)
+    }
+}
