@@ -1,0 +1,236 @@
+import Logging
+import Stateroom
+@_spi(Fuzzing) import WasmKit
+import enum WasmParser.ImportDescriptor
+import enum WasmParser.ExportDescriptor
+
+/// One instantiated guest: its own `Store` (so all of its memory goes away with the room), the
+/// exports the ABI needs, the host state its imports reach, and the stack it runs on.
+///
+/// Thread-confined: created on one thread (a shard, or the factory's warmer, which then hands it
+/// over whole), and afterwards used by exactly one thread at a time.
+final class GuestInstance {
+    /// Required function exports and their types.
+    static let requiredFunctions: [(name: String, type: FunctionType)] = [
+        ("stateroom_recv", FunctionType(parameters: [.i32, .i32], results: [])),
+        ("stateroom_malloc", FunctionType(parameters: [.i32], results: [.i32])),
+        ("stateroom_free", FunctionType(parameters: [.i32, .i32], results: [])),
+    ]
+    /// The ABI globals and the value each must point at.
+    static let requiredGlobals: [(name: String, expected: Int32)] = [
+        ("STATEROOM_API_VERSION", 1),
+        ("STATEROOM_API_PROTOCOL", 0),
+    ]
+
+    let store: Store
+    let state: HostState
+    private let memory: Memory
+    private let malloc: Function
+    private let recv: Function
+    private let free: Function
+    private let fuel: UInt64
+    private let budgetMilliseconds: Int
+    private var stack: ExecutionStack
+    // Reused argument arrays: mutated in place, so a call allocates no argument array.
+    private var args1: [Value] = [.i32(0)]
+    private var args2: [Value] = [.i32(0), .i32(0)]
+
+    /// Checks export kinds without instantiating (signatures need an instance: see
+    /// ``verifySignatures()``).
+    static func verifyExportKinds(of module: Module) throws(WasmLoadError) {
+        func find(_ name: String) -> ExportDescriptor? {
+            module.exports.first { $0.name == name }?.descriptor
+        }
+        func kind(_ d: ExportDescriptor) -> String {
+            switch d {
+            case .function: return "function"
+            case .table: return "table"
+            case .memory: return "memory"
+            case .global: return "global"
+            case .tag: return "tag"
+            }
+        }
+        guard let memory = find("memory") else { throw .missingExport(name: "memory", expected: "memory") }
+        guard case .memory = memory else {
+            throw .wrongExportKind(name: "memory", expected: "memory", actual: kind(memory))
+        }
+        for (name, type) in requiredFunctions {
+            guard let d = find(name) else { throw .missingExport(name: name, expected: "function \(type.signature)") }
+            guard case .function = d else { throw .wrongExportKind(name: name, expected: "function", actual: kind(d)) }
+        }
+        for (name, _) in requiredGlobals {
+            guard let d = find(name) else { throw .missingExport(name: name, expected: "global i32") }
+            guard case .global = d else { throw .wrongExportKind(name: name, expected: "global", actual: kind(d)) }
+        }
+        if let d = find("_initialize") {
+            guard case .function = d else { throw .wrongExportKind(name: "_initialize", expected: "function", actual: kind(d)) }
+        }
+    }
+
+    /// Instantiates `module` in a new store, calls `_initialize` if exported, and checks the ABI
+    /// version and protocol. Start function and `_initialize` run under the callback budget.
+    init(module: Module, engine: Engine, plan: ImportPlan, limits: WasmLimits, logger: Logger) throws(WasmLoadError) {
+        let store = Store(engine: engine)
+        store.resourceLimiter = MemoryCap(maxBytes: limits.maxMemoryBytes)
+        store.fuel = Fuel(remaining: limits.fuelPerCallback)
+        let state = HostState(logger: logger)
+        let instance: Instance
+        do {
+            instance = try module.instantiate(store: store, imports: plan.makeImports(store: store, state: state))
+        } catch {
+            throw .instantiationFailed(reason: Self.describe(error, budgetMilliseconds: limits.callbackBudgetMilliseconds))
+        }
+        let exports = instance.exports
+        guard let memory = exports[memory: "memory"] else { throw .missingExport(name: "memory", expected: "memory") }
+        guard let malloc = exports[function: "stateroom_malloc"] else {
+            throw .missingExport(name: "stateroom_malloc", expected: "function")
+        }
+        guard let recv = exports[function: "stateroom_recv"] else {
+            throw .missingExport(name: "stateroom_recv", expected: "function")
+        }
+        guard let free = exports[function: "stateroom_free"] else {
+            throw .missingExport(name: "stateroom_free", expected: "function")
+        }
+        state.memory = memory
+        self.store = store
+        self.state = state
+        self.memory = memory
+        self.malloc = malloc
+        self.recv = recv
+        self.free = free
+        self.fuel = limits.fuelPerCallback
+        self.budgetMilliseconds = limits.callbackBudgetMilliseconds
+        self.stack = ExecutionStack(engine: engine)
+
+        if let initialize = exports[function: "_initialize"] {
+            guard initialize.type == FunctionType(parameters: [], results: []) else {
+                throw .wrongExportType(name: "_initialize", expected: "() -> ()", actual: initialize.type.signature)
+            }
+            do {
+                try initialize.invoke([], on: &stack)
+            } catch {
+                throw .instantiationFailed(reason: "_initialize: " + Self.describe(error, budgetMilliseconds: budgetMilliseconds))
+            }
+        }
+        for (name, expected) in Self.requiredGlobals {
+            guard let global = exports[global: name] else { throw .missingExport(name: name, expected: "global i32") }
+            guard case .i32(let address) = global.value else {
+                throw .wrongExportType(name: name, expected: "i32", actual: "\(global.value)")
+            }
+            guard UInt64(address) + 4 <= UInt64(memory.byteCount) else {
+                throw .badGlobalAddress(global: name, address: address, memoryBytes: memory.byteCount)
+            }
+            let value = memory.withUnsafeBufferPointer(offset: UInt(address), count: 4) {
+                Int32(littleEndian: $0.loadUnaligned(as: Int32.self))
+            }
+            guard value == expected else { throw .versionMismatch(global: name, expected: expected, actual: value) }
+        }
+    }
+
+    /// Checks the exported functions' signatures (done once, on the probe instance).
+    func verifySignatures() throws(WasmLoadError) {
+        for (function, (name, expected)) in zip([recv, malloc, free], Self.requiredFunctions) {
+            guard function.type == expected else {
+                throw .wrongExportType(name: name, expected: expected.signature, actual: function.type.signature)
+            }
+        }
+    }
+
+    /// Delivers one event exactly as ABI.md says: `ptr = stateroom_malloc(len)`, copy the encoding
+    /// to `ptr`, `stateroom_recv(ptr, len)`, `stateroom_free(ptr, len)`; all under one fuel budget.
+    /// Throws a description of what went wrong, naming the export that was running.
+    func deliver(_ event: MessageToProcess) throws(GuestFailure) {
+        store.fuel = Fuel(remaining: fuel)
+        state.beginCallback()
+        defer { state.endCallback() }
+        let length = event.encodedCount
+        guard length <= Int(Int32.max) else { throw GuestFailure("event of \(length) bytes is too large for wasm32") }
+        let len = UInt32(length)
+
+        args1[0] = .i32(len)
+        let results: [Value]
+        do {
+            results = try malloc.invoke(args1, on: &stack)
+        } catch {
+            throw GuestFailure("stateroom_malloc: " + Self.describe(error, budgetMilliseconds: budgetMilliseconds))
+        }
+        guard results.count == 1, case .i32(let ptr) = results[0] else {
+            throw GuestFailure("stateroom_malloc returned \(results)")
+        }
+        let size = memory.byteCount
+        guard UInt64(ptr) + UInt64(len) <= UInt64(size) else {
+            throw GuestFailure("stateroom_malloc(\(len)) returned \(ptr), outside guest memory (\(size) bytes)")
+        }
+        _ = memory.withUnsafeMutableBufferPointer(offset: UInt(ptr), count: length) { event.encode(into: $0) }
+
+        args2[0] = .i32(ptr)
+        args2[1] = .i32(len)
+        do {
+            try recv.invoke(args2, on: &stack)
+        } catch {
+            throw GuestFailure("stateroom_recv: " + Self.describe(error, budgetMilliseconds: budgetMilliseconds))
+        }
+        args2[0] = .i32(ptr)
+        args2[1] = .i32(len)
+        do {
+            try free.invoke(args2, on: &stack)
+        } catch {
+            throw GuestFailure("stateroom_free: " + Self.describe(error, budgetMilliseconds: budgetMilliseconds))
+        }
+    }
+
+    /// Makes `sink` the destination of `stateroom_send` while `body` runs.
+    ///
+    /// `sink` stays non-escaping (no allocation for the context it captures): it is stored in
+    /// ``HostState/sink`` only for the duration of `body` and cleared before returning, which
+    /// `withoutActuallyEscaping` verifies.
+    func withSink<R, E: Error>(
+        _ sink: (MessageFromProcess) -> Void, _ body: () throws(E) -> R
+    ) throws(E) -> R {
+        let result: Result<R, E> = withoutActuallyEscaping(sink) { escapable in
+            state.sink = escapable
+            defer { state.sink = nil }
+            do throws(E) {
+                return .success(try body())
+            } catch {
+                return .failure(error)
+            }
+        }
+        return try result.get()
+    }
+
+    /// A readable reason for an error thrown out of guest code.
+    static func describe(_ error: any Error, budgetMilliseconds: Int) -> String {
+        if let exit = error as? GuestExit {
+            switch exit {
+            case .procExit(let code): return "guest called proc_exit(\(code))"
+            case .fault(let reason): return reason
+            }
+        }
+        if let trap = error as? Trap {
+            // A trap's description may carry a backtrace after the first line.
+            var text = String(trap.description.split(separator: "\n", maxSplits: 1).first ?? "trap")
+            if text.hasPrefix("Trap: ") { text = "trap: " + text.dropFirst(6) }
+            if text == "trap: out of fuel" {
+                return "exceeded its \(budgetMilliseconds) ms budget (trap: out of fuel)"
+            }
+            return text
+        }
+        return "\(error)"
+    }
+}
+
+/// Why a guest callback failed: the instance must be discarded.
+struct GuestFailure: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The memory cap, through WasmKit's `Store.resourceLimiter` (an SPI in 0.4.2, pinned by a test).
+final class MemoryCap: ResourceLimiter {
+    let maxBytes: Int
+    init(maxBytes: Int) { self.maxBytes = maxBytes }
+
+    func limitMemoryGrowth(to desired: Int) throws -> Bool { desired <= maxBytes }
+    func limitTableGrowth(to desired: Int) throws -> Bool { desired <= 1 << 20 }
+}
