@@ -67,7 +67,11 @@ let package = Package(
         ),
         .testTarget(name: "WireProtocolTests", dependencies: ["WireProtocol"], swiftSettings: strict),
         .testTarget(name: "IOCoreTests", dependencies: ["IOCore"], swiftSettings: strict),
-        .testTarget(name: "StateroomServerTests", dependencies: ["StateroomServer", "Stateroom"], swiftSettings: strict),
+        .testTarget(
+            name: "StateroomServerTests",
+            dependencies: ["StateroomServer", "Stateroom", "WireProtocol", "IOCore"],
+            swiftSettings: strict
+        ),
         .testTarget(
             name: "WasmHostTests",
             dependencies: ["WasmHost", "Stateroom", .product(name: "WAT", package: "WasmKit")],

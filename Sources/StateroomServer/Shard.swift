@@ -116,6 +116,7 @@ final class Shard {
             drainPending()
             flushDirty()
             stats.publish(counters)
+            if shuttingDown && counters[ShardStats.Counter.connectionsOpen.rawValue] == 0 { running = false }
         }
         loop.flush()
     }

@@ -1,0 +1,42 @@
+# Stateroom for Swift. `make run` serves the built-in counter on :8080; `make test` runs every test.
+SWIFT ?= swift
+PYTHON ?= python3
+APT_PACKAGES := liburing-dev libssl-dev wabt
+SERVER := .build/release/stateroom-server
+PORT ?= 8080
+
+.PHONY: run test deps build build-debug unit-test e2e-test clean
+
+run: deps build
+	$(SERVER) --port $(PORT) --service counter
+
+build:
+	$(SWIFT) build -c release --product stateroom-server
+
+# System packages (apt) and the Python test clients (PyPI). As root they are installed;
+# otherwise the exact command to run is printed.
+deps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = "0" ]; then \
+			echo "installing:$$missing"; \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+		else \
+			echo "missing system packages; run: sudo apt-get install -y$$missing"; exit 1; \
+		fi; \
+	fi
+	@$(PYTHON) -c "import websockets, pytest" 2>/dev/null || \
+		$(PYTHON) -m pip install -q --disable-pip-version-check -r Tests/e2e/requirements.txt
+
+test: deps build unit-test e2e-test
+
+unit-test:
+	$(SWIFT) test
+
+e2e-test:
+	$(PYTHON) -m pytest Tests/e2e -q
+
+clean:
+	rm -rf .build
