@@ -91,6 +91,12 @@ public final class Server: @unchecked Sendable {
         }
     }
 
+    /// Serves every new room from `factory`; rooms open now end and their clients are closed
+    /// with 1012 (service restart), so they reconnect to the new service.
+    public func reload(factory: any StateroomServiceFactory) {
+        for s in shards { s.mailbox.post(.reload(factory)) }
+    }
+
     /// Asks every shard to close its connections (1001) and stop, then waits for them.
     public func stop() {
         for s in shards { s.mailbox.post(.shutdown) }

@@ -12,6 +12,8 @@ enum ShardMessage: Sendable {
     case handoff(fd: Int32, bytes: [UInt8])
     /// Close every connection and stop the loop.
     case shutdown
+    /// Serve new rooms from this factory; every open room ends and its clients get 1012.
+    case reload(any StateroomServiceFactory)
 }
 
 /// A shard: one pinned thread with its own event loop, connections and rooms.
@@ -21,7 +23,7 @@ enum ShardMessage: Sendable {
 final class Shard {
     let index: Int
     let config: ServerConfiguration
-    let factory: any StateroomServiceFactory
+    private(set) var factory: any StateroomServiceFactory
     /// Created on the shard's own thread (io_uring's SINGLE_ISSUER wants the creator to submit).
     private(set) var loop: (any EventLoopBackend)!
     let listenerFD: Int32
@@ -360,11 +362,26 @@ final class Shard {
                 adopt(fd: fd, bytes: bytes)
             case .shutdown:
                 beginShutdown()
+            case .reload(let newFactory):
+                factory = newFactory
+                restartRooms()
             }
         }
         if running {
             loop.readWake(fd: mailbox.doorbell.fd, into: wakeBuffer, tag: Tag(op: .wake, slot: 0, generation: 0))
         }
+    }
+
+    /// Ends every room (clients are closed with 1012 "service restart"); the next connect to a
+    /// room id creates it afresh from the current factory.
+    private func restartRooms() {
+        let all = Array(rooms.values)
+        for room in all {
+            let members = room.members
+            destroy(room)
+            for m in members { closeWebSocket(m, .serviceRestart, reason: "service restart") }
+        }
+        logger.info("service reloaded: \(all.count) room(s) restarted")
     }
 
     private func beginShutdown() {

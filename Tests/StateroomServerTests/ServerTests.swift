@@ -144,6 +144,19 @@ struct ServerTests {
         #expect(sawClose == 1008)
     }
 
+    @Test("reload ends rooms with 1012 and serves the new service on reconnect")
+    func reload() throws {
+        let server = try startServer(.counter, shards: 2)
+        defer { server.stop() }
+        let a = try TestClient(port: server.port, path: "/ws/reload")
+        a.send(text: "increment")
+        #expect(a.nextMessage() == .text("new value: 1"))
+        server.reload(factory: BuiltinService.echo.factory)
+        #expect(a.nextMessage() == .close(1012))
+        let b = try TestClient(port: server.port, path: "/ws/reload")
+        #expect(b.nextMessage() == .text("User ClientId(1) connected."), "a fresh room of the new service")
+    }
+
     @Test("stable hash is pinned: the same room lands on the same shard everywhere")
     func stableHashPinned() {
         #expect(stableHash("") == 0xcbf2_9ce4_8422_2325)
