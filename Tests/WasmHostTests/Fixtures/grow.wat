@@ -1,6 +1,6 @@
-;; Grows memory without bound on a message, one 1 MiB step (16 pages) at a time:
-;; text `grow` stops when memory.grow fails and broadcasts `full at N pages`;
-;; anything else then traps, like a Rust guest aborting on out-of-memory.
+;; Grows memory without bound, one 1 MiB step (16 pages) at a time, on text `grow`
+;; (stops when memory.grow fails and broadcasts `full at N pages`) and `oom` (then traps,
+;; like a Rust guest aborting on out-of-memory). Anything else is relayed verbatim.
 ;; Layout, allocator and helpers are the same in every fixture; each file stands alone.
 (module
   (import "env" "stateroom_send" (func $send (param i32 i32)))
@@ -11,9 +11,10 @@
   (global (export "STATEROOM_API_VERSION") i32 (i32.const 16))
   (global (export "STATEROOM_API_PROTOCOL") i32 (i32.const 20))
   (data (i32.const 16) "\01\00\00\00\00\00\00\00")
-  (data (i32.const 256) "\67\72\6f\77")
-  (data (i32.const 272) "\66\75\6c\6c\20\61\74\20")
-  (data (i32.const 288) "\20\70\61\67\65\73")
+  (data (i32.const 256) "\6f\6f\6d")
+  (data (i32.const 272) "\67\72\6f\77")
+  (data (i32.const 288) "\66\75\6c\6c\20\61\74\20")
+  (data (i32.const 304) "\20\70\61\67\65\73")
 
   ;; Bump allocator: 8-byte aligned, grows memory on demand, traps when it cannot.
   (func $malloc (export "stateroom_malloc") (param $size i32) (result i32)
@@ -101,16 +102,24 @@
     (memory.copy (local.get $out) (local.get $p) (local.get $len))
     (local.get $len))
 
-  (func (export "stateroom_recv") (param $ptr i32) (param $len i32)
-    (local $n i32)
-    (if (i32.ne (i32.load (local.get $ptr)) (i32.const 3)) (then (return)))
+  (func $grow_all
     (block $full
       (loop $more
         (br_if $full (i32.eq (memory.grow (i32.const 16)) (i32.const -1)))
-        (br $more)))
-    (if (i32.eqz (call $text_is (local.get $ptr) (i32.const 256) (i32.const 4))) (then unreachable))
-    (memory.copy (i32.const 1300) (i32.const 272) (i32.const 8))
-    (local.set $n (call $itoa (memory.size) (i32.const 1308)))
-    (memory.copy (i32.add (i32.const 1308) (local.get $n)) (i32.const 288) (i32.const 6))
-    (call $send_payload (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 1300) (i32.add (i32.const 14) (local.get $n))))
+        (br $more))))
+  (func (export "stateroom_recv") (param $ptr i32) (param $len i32)
+    (local $n i32)
+    (if (i32.ne (i32.load (local.get $ptr)) (i32.const 3)) (then (return)))
+    (if (call $text_is (local.get $ptr) (i32.const 256) (i32.const 3)) (then (call $grow_all) unreachable))
+    (if (call $text_is (local.get $ptr) (i32.const 272) (i32.const 4))
+      (then
+        (call $grow_all)
+        (memory.copy (i32.const 1300) (i32.const 288) (i32.const 8))
+        (local.set $n (call $itoa (memory.size) (i32.const 1308)))
+        (memory.copy (i32.add (i32.const 1308) (local.get $n)) (i32.const 304) (i32.const 6))
+        (call $send_payload (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 1300) (i32.add (i32.const 14) (local.get $n)))
+        (return)))
+    (i32.store (local.get $ptr) (i32.const 0))
+    (i32.store offset=4 (local.get $ptr) (i32.const 0))
+    (call $send (local.get $ptr) (local.get $len)))
 )

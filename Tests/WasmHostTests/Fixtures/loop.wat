@@ -1,5 +1,5 @@
-;; Loops forever on any message (Init and Connect are fine): the callback budget
-;; (fuel) must stop it.
+;; Text `spin` loops forever (the callback budget must stop it); anything else is
+;; relayed verbatim.
 ;; Layout, allocator and helpers are the same in every fixture; each file stands alone.
 (module
   (import "env" "stateroom_send" (func $send (param i32 i32)))
@@ -10,7 +10,7 @@
   (global (export "STATEROOM_API_VERSION") i32 (i32.const 16))
   (global (export "STATEROOM_API_PROTOCOL") i32 (i32.const 20))
   (data (i32.const 16) "\01\00\00\00\00\00\00\00")
-
+  (data (i32.const 256) "\73\70\69\6e")
 
   ;; Bump allocator: 8-byte aligned, grows memory on demand, traps when it cannot.
   (func $malloc (export "stateroom_malloc") (param $size i32) (result i32)
@@ -101,7 +101,12 @@
   (func (export "stateroom_recv") (param $ptr i32) (param $len i32)
     (local $i i32)
     (if (i32.ne (i32.load (local.get $ptr)) (i32.const 3)) (then (return)))
-    (loop $forever
-      (local.set $i (i32.add (local.get $i) (i32.const 1)))
-      (br $forever)))
+    (if (call $text_is (local.get $ptr) (i32.const 256) (i32.const 4))
+      (then
+        (loop $forever
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br $forever))))
+    (i32.store (local.get $ptr) (i32.const 0))
+    (i32.store offset=4 (local.get $ptr) (i32.const 0))
+    (call $send (local.get $ptr) (local.get $len)))
 )

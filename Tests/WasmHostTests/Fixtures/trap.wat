@@ -1,6 +1,6 @@
-;; Traps on demand. Init and Connect are fine; a message traps:
-;; text `recurse` recurses without end (call stack exhausted), `divide` divides by
-;; zero, anything else executes `unreachable`.
+;; Traps on demand; anything else is relayed verbatim.
+;; Text `boom` executes `unreachable`, `recurse` recurses without end (call stack
+;; exhausted), `divide` divides by zero.
 ;; Layout, allocator and helpers are the same in every fixture; each file stands alone.
 (module
   (import "env" "stateroom_send" (func $send (param i32 i32)))
@@ -11,8 +11,9 @@
   (global (export "STATEROOM_API_VERSION") i32 (i32.const 16))
   (global (export "STATEROOM_API_PROTOCOL") i32 (i32.const 20))
   (data (i32.const 16) "\01\00\00\00\00\00\00\00")
-  (data (i32.const 256) "\72\65\63\75\72\73\65")
-  (data (i32.const 272) "\64\69\76\69\64\65")
+  (data (i32.const 256) "\62\6f\6f\6d")
+  (data (i32.const 272) "\72\65\63\75\72\73\65")
+  (data (i32.const 288) "\64\69\76\69\64\65")
 
   ;; Bump allocator: 8-byte aligned, grows memory on demand, traps when it cannot.
   (func $malloc (export "stateroom_malloc") (param $size i32) (result i32)
@@ -104,9 +105,12 @@
     (i32.add (call $recurse (i32.add (local.get $n) (i32.const 1))) (i32.const 1)))
   (func (export "stateroom_recv") (param $ptr i32) (param $len i32)
     (if (i32.ne (i32.load (local.get $ptr)) (i32.const 3)) (then (return)))
-    (if (call $text_is (local.get $ptr) (i32.const 256) (i32.const 7))
+    (if (call $text_is (local.get $ptr) (i32.const 256) (i32.const 4)) (then unreachable))
+    (if (call $text_is (local.get $ptr) (i32.const 272) (i32.const 7))
       (then (drop (call $recurse (i32.const 0))) (return)))
-    (if (call $text_is (local.get $ptr) (i32.const 272) (i32.const 6))
+    (if (call $text_is (local.get $ptr) (i32.const 288) (i32.const 6))
       (then (drop (i32.div_u (i32.const 1) (i32.load (i32.const 0)))) (return)))
-    unreachable)
+    (i32.store (local.get $ptr) (i32.const 0))
+    (i32.store offset=4 (local.get $ptr) (i32.const 0))
+    (call $send (local.get $ptr) (local.get $len)))
 )

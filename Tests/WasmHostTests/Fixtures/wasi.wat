@@ -9,6 +9,7 @@
 ;;   `environ` -> binary: environ count, size, args count, size (u32 each)
 ;;   `badfd`   -> binary: errno of fd_write(5) and of fd_prestat_get(3) (u32 each)
 ;;   `exit`    -> proc_exit(3)
+;; Anything else is relayed verbatim.
 ;; Layout, allocator and helpers are the same in every fixture; each file stands alone.
 (module
   (import "env" "stateroom_send" (func $send (param i32 i32)))
@@ -180,5 +181,9 @@
         (call $send_payload (i32.const 0) (i32.const 0) (i32.const 0) (i32.const 1500) (i32.const 8))
         (return)))
     (if (call $text_is (local.get $ptr) (i32.const 480) (i32.const 4))
-      (then (call $proc_exit (i32.const 3)))))
+      (then (call $proc_exit (i32.const 3))))
+    (if (i32.ne (i32.load (local.get $ptr)) (i32.const 3)) (then (return)))
+    (i32.store (local.get $ptr) (i32.const 0))
+    (i32.store offset=4 (local.get $ptr) (i32.const 0))
+    (call $send (local.get $ptr) (local.get $len)))
 )

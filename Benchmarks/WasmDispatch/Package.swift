@@ -1,0 +1,39 @@
+// swift-tools-version:6.3
+// Micro-benchmark of the wasm room dispatch (not a test; prints medians, asserts nothing).
+// Its own package so that it builds without the rest of the server: Sources/Stateroom and
+// Sources/WasmHost are symlinks to the real modules.
+//
+//   cd Benchmarks/WasmDispatch && swift run -c release WasmDispatch [rounds]
+import PackageDescription
+
+let package = Package(
+    name: "WasmDispatch",
+    platforms: [.macOS(.v15)],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swiftwasm/WasmKit", exact: "0.4.2"),
+    ],
+    targets: [
+        .target(name: "Stateroom", swiftSettings: [.swiftLanguageMode(.v6)]),
+        .target(
+            name: "WasmHost",
+            dependencies: [
+                "Stateroom",
+                .product(name: "WasmKit", package: "WasmKit"),
+                .product(name: "WasmKitWASI", package: "WasmKit"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .executableTarget(
+            name: "WasmDispatch",
+            dependencies: [
+                "Stateroom", "WasmHost",
+                .product(name: "WasmKit", package: "WasmKit"),
+                .product(name: "WAT", package: "WasmKit"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+    ]
+)
