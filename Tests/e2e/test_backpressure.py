@@ -6,6 +6,9 @@ Sizing: on loopback the kernel autotunes the *server's* socket send buffer up to
 buffer disappear into kernel buffers before a single byte is left queued in user space. So the
 test sends 2000 messages whose total is ``2 * tcp_wmem[2] + 1 MiB`` (about 4.7 KiB each with
 the default sysctl, at least 1 KiB), which is sure to push the slow client past the 64 KiB cap.
+The sender uses a small window (messages sent but not yet received by every good reader, 24 KiB
+worth): the server counts bytes in flight as queued, so an unpaced burst bigger than the cap
+arriving in one event-loop turn would (legitimately) close the *good* readers too.
 
 Verdict on the slow client (read after the good readers are done, with a deadline):
 * it reads a (possibly empty) in-order prefix of the messages, then a close frame: the code
@@ -25,7 +28,7 @@ import struct
 import time
 
 import wsraw
-from wsraw import OP_BINARY, OP_CLOSE, OP_CONT, OP_TEXT, RawWebSocket, expect, recv, run, ws_connect
+from wsraw import OP_BINARY, OP_CLOSE, RawWebSocket, expect, recv, run, ws_connect
 
 MAX_PENDING = 65536
 N_MESSAGES = 2000
@@ -43,6 +46,8 @@ def _tcp_wmem_max() -> int:
 
 MSG_SIZE = max(1024, math.ceil((2 * _tcp_wmem_max() + (1 << 20)) / N_MESSAGES))
 _FILLER = os.urandom(MSG_SIZE)
+#: messages in flight (sent, not yet received by every good reader): 24 KiB at most
+WINDOW = max(1, (24 * 1024) // MSG_SIZE)
 
 
 def message(i: int) -> bytes:
@@ -71,19 +76,37 @@ def test_slow_client_closed_with_1008_room_carries_on(server_factory):
     url = server.ws_url("bp")
     slow_before = server.metric(*SLOW_METRIC_NAMES)
 
-    async def drain(ws):
-        return [await recv(ws, 15) for _ in range(N_MESSAGES)]
+    received = [0, 0, 0]
+    progress = asyncio.Event()
+
+    async def drain(r, ws):
+        out = []
+        for _ in range(N_MESSAGES):
+            out.append(await recv(ws, 15))
+            received[r] += 1
+            progress.set()
+        return out
 
     async def main(slow: RawWebSocket):
         readers = [await ws_connect(url) for _ in range(3)]
         try:
-            # 1. a sender floods the room; the three good readers get everything, in order
-            tasks = [asyncio.create_task(drain(ws)) for ws in readers]
+            # 1. a sender floods the room; the three good readers get everything, in order.
+            # Flow control: at most WINDOW messages sent but not yet received by every good
+            # reader, so a good reader never has more than WINDOW * MSG_SIZE (< the cap) queued
+            # in the server, whatever the scheduling; the slow client's queue grows unbounded.
+            tasks = [asyncio.create_task(drain(r, ws)) for r, ws in enumerate(readers)]
             sender = readers[0]  # also a reader: it gets its own messages back
             for i in range(N_MESSAGES):
+                while i - min(received) >= WINDOW:
+                    progress.clear()
+                    try:
+                        await asyncio.wait_for(progress.wait(), 15)
+                    except asyncio.TimeoutError:
+                        raise AssertionError(f"good readers stalled at {received} of {i} sent") from None
+                    for t in tasks:  # a reader that failed: surface its error now
+                        if t.done() and t.exception():
+                            raise t.exception()
                 await sender.send(message(i))
-                if i % 20 == 19:
-                    await asyncio.sleep(0.002)  # let the readers keep up
             results = await asyncio.gather(*tasks)
             for r, got in enumerate(results):
                 for i, m in enumerate(got):

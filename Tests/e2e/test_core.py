@@ -15,7 +15,7 @@ import pytest
 
 import wsraw
 from wsraw import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RawWebSocket,
-                   counter_roundtrip, expect, recv, run, ws_connect)
+                   expect, recv, run, ws_connect)
 
 
 # --------------------------------------------------------------------------------------------
@@ -136,6 +136,44 @@ def test_room_resets_after_last_client_leaves(server):
     run(main())
 
 
+def test_room_resets_with_shards_on_every_cycle(server_factory):
+    """Connect / increment / close, ten times per room, rooms spread over 3 shards (so most
+    connections are handed over): every cycle starts from a fresh room."""
+    server = server_factory(shards=3)
+
+    async def main():
+        for cycle in range(10):
+            for room in ("cyc-a", "cyc-b", "cyc-c"):
+                async with ws_connect(server.ws_url(room)) as ws:
+                    await ws.send("increment")
+                    await expect(ws, "new value: 1")
+    run(main())
+
+
+@pytest.mark.parametrize("headers", [
+    [("upgrade", "WebSocket"), ("connection", "keep-alive, Upgrade")],   # Firefox style
+    [("UPGRADE", "websocket"), ("CONNECTION", "upgrade")],
+    [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Protocol", "chat"),
+     ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
+     ("Origin", "http://example.com"), ("User-Agent", "e2e")],
+], ids=["firefox_connection_list", "upper_case_names", "extra_headers"])
+def test_handshake_header_variants(server, headers):
+    """Header names are case-insensitive, Connection is a token list; unknown extensions and
+    subprotocols are simply not accepted (no RSV bits, no Sec-WebSocket-Extensions echoed)."""
+    key = wsraw.new_key()
+    req = wsraw.http_request_bytes("GET", "/ws/variants", headers=headers + [
+        ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")])
+    bs = wsraw.BufferedSocket(wsraw.open_socket(server.host, server.port))
+    bs.send(req)
+    resp = wsraw.read_http_response(bs, time.monotonic() + 5, head_only=True)
+    assert resp.status == 101, resp
+    assert resp.header("sec-websocket-accept") == wsraw.accept_for(key), resp
+    assert resp.header("sec-websocket-extensions") is None, resp
+    with RawWebSocket(bs, resp) as raw:
+        raw.send_text("increment")
+        assert raw.recv_message(5) == (OP_TEXT, b"new value: 1")
+
+
 # --------------------------------------------------------------------------------------------
 # echo, relay, chat services
 # --------------------------------------------------------------------------------------------
@@ -199,6 +237,26 @@ def test_relay_text_and_binary_byte_for_byte(server_factory):
                     assert isinstance(got, str), f"{who}: text came back as {type(got)}"
                     assert got == text, f"{who}: text of {size} bytes differs"
     run(main(), 60)
+
+
+def test_relay_default_limit_16_mib_accepted(server_factory):
+    """The default --max-message-size is 16 MiB: a message of exactly 16 MiB goes through, to a
+    client that reads it (so it must not trip the 4 MiB default --max-pending-bytes cap)."""
+    from websockets.exceptions import ConnectionClosed
+    server = server_factory(service="relay")
+
+    async def main():
+        async with ws_connect(server.ws_url("huge")) as ws:
+            data = os.urandom(16 << 20)
+            try:
+                await ws.send(data)
+                got = await recv(ws, 20)
+            except ConnectionClosed as e:
+                raise AssertionError(
+                    f"a reading client was closed while a 16 MiB message was relayed to it: "
+                    f"{e.rcvd.code if e.rcvd else None} {e.rcvd.reason if e.rcvd else ''!r}") from None
+            assert got == data, f"16 MiB message came back as {len(got)} bytes"
+    run(main(), 40)
 
 
 def test_chat_service_with_nick(server_factory):
@@ -405,6 +463,7 @@ def test_heartbeat_drops_silent_client_keeps_live_one(server_factory):
         return await raw_task
 
     frames, closed, elapsed = run(main())
+    print(f"silent client: closed={closed} after {elapsed:.2f}s; frames: {frames}")
     pings = [f for f in frames if f.opcode == OP_PING]
     assert pings, f"no ping frame seen by the silent client in {elapsed:.1f}s; frames: {frames}"
     assert all(not f.masked for f in frames)
@@ -413,3 +472,85 @@ def test_heartbeat_drops_silent_client_keeps_live_one(server_factory):
     closes = [f for f in frames if f.opcode == OP_CLOSE]
     if closes:
         assert frames[-1].opcode == OP_CLOSE, "data after the close frame"
+
+
+# --------------------------------------------------------------------------------------------
+# byte-stream boundaries: coalesced and dribbled input
+# --------------------------------------------------------------------------------------------
+
+
+def _upgrade_with_first_frame(server, room: str, frame: bytes) -> RawWebSocket:
+    """Handshake request and a first frame in ONE write: the frame bytes arrive together with
+    the request head (and must survive a handoff to the room's shard)."""
+    bs = wsraw.BufferedSocket(wsraw.open_socket(server.host, server.port))
+    key = wsraw.new_key()
+    bs.send(wsraw.upgrade_request(f"/ws/{room}", key=key) + frame)
+    resp = wsraw.read_http_response(bs, time.monotonic() + 5, head_only=True)
+    assert resp.status == 101, resp
+    assert resp.header("sec-websocket-accept") == wsraw.accept_for(key), resp
+    return RawWebSocket(bs, resp)
+
+
+def test_handshake_and_first_frame_in_one_write_across_shards(server_factory):
+    server = server_factory(shards=3)
+    for i in range(12):
+        room = f"coalesced-{i}"
+        first = wsraw.encode_frame(OP_TEXT, b"increment") + wsraw.encode_frame(OP_PING, b"pp")
+        with _upgrade_with_first_frame(server, room, first) as raw:
+            pongs: list = []
+            assert raw.recv_message(5, pongs=pongs) == (OP_TEXT, b"new value: 1"), room
+            raw.send_text("increment")
+            assert raw.recv_message(5, pongs=pongs) == (OP_TEXT, b"new value: 2"), room
+            assert [p.payload for p in pongs] == [b"pp"], pongs
+    handoffs = server.metric("stateroom_handoffs_total", "stateroom_connection_handoffs_total",
+                             "stateroom_handoffs")
+    if handoffs is not None:
+        assert handoffs > 0, "12 rooms on 3 shards, but no handoff counted"
+
+
+def test_dribbled_handshake_and_frames(server_factory):
+    """Request head and frames delivered a few bytes at a time, and a big frame in odd chunks."""
+    server = server_factory(service="relay")
+    import random
+    rnd = random.Random(1234)
+    bs = wsraw.BufferedSocket(wsraw.open_socket(server.host, server.port))
+    key = wsraw.new_key()
+    req = wsraw.upgrade_request("/ws/dribble", key=key)
+    for i in range(0, len(req), 7):
+        bs.send(req[i:i + 7])
+        time.sleep(0.002)
+    resp = wsraw.read_http_response(bs, time.monotonic() + 5, head_only=True)
+    assert resp.status == 101 and resp.header("sec-websocket-accept") == wsraw.accept_for(key), resp
+    with RawWebSocket(bs, resp) as raw:
+        small = wsraw.encode_frame(OP_TEXT, "h\u00e9llo \U0001F30D".encode())
+        for b in small:
+            raw.send_raw(bytes([b]))
+            time.sleep(0.002)
+        assert raw.recv_message(5) == (OP_TEXT, "h\u00e9llo \U0001F30D".encode())
+        payload = wsraw.payload_with_all_bytes(100_000)
+        big = wsraw.encode_frame(OP_BINARY, payload)
+        pos = 0
+        while pos < len(big):
+            n = rnd.randint(1, 5000)
+            raw.send_raw(big[pos:pos + n])
+            pos += n
+        assert raw.recv_message(10) == (OP_BINARY, payload)
+
+
+def test_thousands_of_frames_in_one_write(server_factory):
+    """2000 pings then 3000 small messages, each batch in a single write: every pong and every
+    message comes back, in order; empty messages and empty fragments are fine."""
+    server = server_factory(service="relay")
+    with RawWebSocket.connect(server.host, server.port, "/ws/batch") as raw:
+        raw.send_raw(b"".join(wsraw.encode_frame(OP_PING, str(i).encode()) for i in range(2000)))
+        pongs = [raw.recv_frame(5) for _ in range(2000)]
+        assert all(f.opcode == OP_PONG for f in pongs)
+        assert [f.payload for f in pongs] == [str(i).encode() for i in range(2000)]
+        raw.send_raw(b"".join(wsraw.encode_frame(OP_TEXT, f"m{i}".encode()) for i in range(3000)))
+        assert [raw.recv_message(5)[1] for _ in range(3000)] == [f"m{i}".encode() for i in range(3000)]
+        raw.send_text(b"")
+        assert raw.recv_message(5) == (OP_TEXT, b"")
+        raw.send_frame(OP_BINARY, b"", fin=False)
+        raw.send_frame(OP_CONT, b"", fin=False)
+        raw.send_frame(OP_CONT, b"z", fin=True)
+        assert raw.recv_message(5) == (OP_BINARY, b"z")

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import time
 
 import pytest
 
 import wsraw
-from wsraw import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RSV1, RSV2, RSV3,
+from wsraw import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_TEXT, RSV1, RSV2, RSV3,
                    RawWebSocket, counter_roundtrip, encode_frame, expect, run, ws_connect)
 
 
@@ -77,6 +78,43 @@ def test_http_error_status_then_connection_closed(server, name):
     assert ex.response.status in statuses, f"{name}: {ex.response!r}"
     assert ex.closed, f"{name}: connection still open 3 s after the {ex.response.status} response"
     assert_healthy(server)
+
+
+@pytest.mark.parametrize("framing", [
+    b"Content-Length: 5\r\n\r\nhello",
+    b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+], ids=["content_length", "chunked"])
+def test_request_body_is_never_parsed_as_the_next_request(server, framing):
+    """(Beyond the route list, plain HTTP/1.1 framing.) A GET with a body on a keep-alive
+    connection: the server may skip the body, or answer and close, or reject it - but the body
+    bytes must never be taken for the start of the next request (request desync/smuggling)."""
+    raw = b"GET /status HTTP/1.1\r\nHost: x\r\n" + framing + wsraw.http_request_bytes("GET", "/status")
+    bs = wsraw.BufferedSocket(wsraw.open_socket(server.host, server.port))
+    try:
+        bs.send(raw)
+        deadline = time.monotonic() + 5
+        first = wsraw.read_http_response(bs, deadline)
+        if first.status != 200:  # rejected the body: must close then
+            assert first.status in (400, 411, 413, 501), first
+            assert bs.wait_closed(3), f"connection still open after {first.status}"
+            return
+        try:
+            second = wsraw.read_http_response(bs, deadline)
+        except wsraw.PeerClosed:
+            return  # answered the first request and closed: fine
+        assert second.status == 200 and second.body.strip() == b"ok", (
+            f"the request body was parsed as the start of the next request: second response {second!r}")
+    finally:
+        bs.close()
+
+
+@pytest.mark.parametrize("value", ["abc", "-1", "5, 6", "1e3"])
+def test_invalid_content_length_is_400(server, value):
+    """(Beyond the route list: RFC 9112 6.3.) An invalid Content-Length is unrecoverable framing."""
+    raw = wsraw.http_request_bytes("GET", "/status", headers=[("Content-Length", value)])
+    ex = wsraw.http_exchange(server.host, server.port, raw)
+    assert ex.response.status == 400, ex.response
+    assert ex.closed
 
 
 @pytest.mark.parametrize("version", ["12", "8", "14", ""], ids=["v12", "v8", "v14", "empty"])
@@ -257,3 +295,61 @@ def test_message_over_limit_is_1009(small_limit_server, shape):
             await expect(same_room, "still here")
     run(main())
     server.assert_alive()
+
+
+# --------------------------------------------------------------------------------------------
+# clients vanishing at awkward moments
+# --------------------------------------------------------------------------------------------
+
+
+def _reset(sock) -> None:
+    """Close with RST (SO_LINGER 0) instead of FIN."""
+    import socket
+    import struct as _struct
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _struct.pack("ii", 1, 0))
+    sock.close()
+
+
+@pytest.mark.parametrize("moment", ["mid_request_head", "mid_frame_header", "mid_payload",
+                                    "mid_fragmented_message", "after_close_sent"])
+def test_client_vanishes_abruptly(server_factory, moment):
+    server = server_factory(service="relay")
+
+    async def main():
+        async with ws_connect(server.ws_url("vanish")) as same_room:
+            if moment == "mid_request_head":
+                sock = wsraw.open_socket(server.host, server.port)
+                sock.sendall(wsraw.upgrade_request("/ws/vanish")[:40])
+            else:
+                raw = await asyncio.to_thread(RawWebSocket.connect, server.host, server.port, "/ws/vanish")
+                sock = raw.bs.sock
+                if moment == "mid_frame_header":
+                    raw.send_raw(encode_frame(OP_BINARY, b"x" * 70000)[:3])
+                elif moment == "mid_payload":
+                    raw.send_raw(encode_frame(OP_BINARY, b"x" * 70000)[:30000])
+                elif moment == "mid_fragmented_message":
+                    raw.send_frame(OP_TEXT, b"part one", fin=False)
+                else:
+                    raw.send_close(1000)
+            await asyncio.sleep(0.05)
+            _reset(sock)
+            await asyncio.sleep(0.05)
+            await same_room.send("still fine")
+            await expect(same_room, "still fine")
+        async with ws_connect(server.ws_url("vanish")) as fresh:
+            await fresh.send(b"\x00\x01")
+            await expect(fresh, b"\x00\x01")
+
+    run(main())
+    assert_healthy(server, service="relay")
+
+
+def test_oversized_length_rejected_from_the_header(small_limit_server):
+    """A frame *declaring* 2000 bytes (limit 1024) is refused with 1009 as soon as its header is
+    read - the server must not wait for (and buffer) a payload it is going to reject anyway.
+    Only the header, the mask and 10 payload bytes are sent."""
+    server = small_limit_server
+    with RawWebSocket.connect(server.host, server.port, "/ws/early") as raw:
+        raw.send_raw(encode_frame(OP_BINARY, b"x" * 2000)[:8 + 10])
+        frames, code = raw.read_until_close(5)
+        assert code == 1009, f"close code {code}; frames {frames}; TCP closed: {raw.tcp_closed}"

@@ -555,8 +555,10 @@ _METRIC_LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{[^}]*\})?\s+(\S+)")
 
 
 def parse_metrics(text: str) -> dict[str, float]:
-    """Sum of every sample per metric name (labels collapsed)."""
-    out: dict[str, float] = {}
+    """One value per metric name: the unlabeled sample if there is one (servers often export a
+    total next to per-shard samples), else the sum of the labeled samples."""
+    plain: dict[str, float] = {}
+    labeled: dict[str, float] = {}
     for line in text.splitlines():
         line = line.strip()
         if not line or line.startswith("#"):
@@ -568,8 +570,9 @@ def parse_metrics(text: str) -> dict[str, float]:
             v = float(m.group(3))
         except ValueError:
             continue
-        out[m.group(1)] = out.get(m.group(1), 0.0) + v
-    return out
+        target = labeled if m.group(2) else plain
+        target[m.group(1)] = target.get(m.group(1), 0.0) + v
+    return {**labeled, **plain}
 
 
 class MetricMissing(UserWarning):
