@@ -281,22 +281,35 @@ final class Shard {
             case .complete(let head):
                 let headLength = head.headLength
                 let isHead = head.method.elementsEqual("HEAD".utf8)
+                // No route takes a request body. Bad framing is rejected; a body is never read, so
+                // the connection is answered and closed rather than kept alive (the body's bytes
+                // must never be taken for the next request).
+                let framing = requestBodyFraming(head)
+                if framing == .invalid {
+                    httpError(conn, .badRequest)
+                    return buf.count
+                }
+                let keepAlive = head.keepAlive && framing == .none
                 switch route(head) {
                 case .status:
                     respond(conn, httpResponse(.ok, headers: [("Content-Type", "text/plain")],
-                                               body: isHead ? [] : Array("ok".utf8), keepAlive: head.keepAlive),
-                            close: !head.keepAlive)
+                                               body: isHead ? [] : Array("ok".utf8), keepAlive: keepAlive),
+                            close: !keepAlive)
                 case .metrics:
                     let body = Array(renderMetrics(allStats).utf8)
                     respond(conn, httpResponse(.ok, headers: [("Content-Type", "text/plain; version=0.0.4")],
-                                               body: isHead ? [] : body, keepAlive: head.keepAlive),
-                            close: !head.keepAlive)
+                                               body: isHead ? [] : body, keepAlive: keepAlive),
+                            close: !keepAlive)
                 case .file(let path):
-                    serveFile(conn, path: path, keepAlive: head.keepAlive, headOnly: isHead)
+                    serveFile(conn, path: path, keepAlive: keepAlive, headOnly: isHead)
                 case .failure(let status):
                     httpError(conn, status)
                     return buf.count
                 case .webSocket(let roomId, let accept):
+                    if framing != .none {
+                        httpError(conn, .badRequest)
+                        return buf.count
+                    }
                     let owner = ownerShard(of: roomId, shards: peers.count)
                     if owner != index {
                         handOff(conn, to: owner, bytes: UnsafeRawBufferPointer(rebasing: buf[offset...]))
@@ -313,6 +326,17 @@ final class Shard {
             }
         }
         return offset
+    }
+
+    private enum BodyFraming { case none, present, invalid }
+
+    /// Whether a request announces a body (RFC 9112 §6): `Transfer-Encoding`, or a
+    /// `Content-Length` that must be one plain decimal number.
+    private func requestBodyFraming(_ head: HTTPRequestHead) -> BodyFraming {
+        if head.header("Transfer-Encoding") != nil { return .present }
+        guard let cl = head.header("Content-Length") else { return .none }
+        guard !cl.isEmpty, cl.count <= 18, cl.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return .invalid }
+        return cl.allSatisfy({ $0 == 0x30 }) ? .none : .present
     }
 
     private func httpError(_ conn: Connection, _ status: HTTPStatus) {
@@ -586,7 +610,9 @@ final class Shard {
             return
         }
         let len = frame.count
-        if !force && conn.queuedBytes + len > config.maxPendingBytes {
+        // A single frame larger than the cap still goes to a client that has drained its queue;
+        // the cap is about a backlog building up behind a client that does not read.
+        if !force && conn.queuedBytes > 0 && conn.queuedBytes + len > config.maxPendingBytes {
             pool.release(frame)
             slowClient(conn)
             return
