@@ -9,12 +9,12 @@ public struct WasmLimits: Sendable, Equatable {
     public var maxMemoryBytes: Int
     /// Fuel (≈ executed wasm operators) per millisecond of budget.
     ///
-    /// Calibrated on the project's 2-core VM (release build, WasmKit 0.4.2 direct threading):
-    /// a tight loop burns 10M fuel in 7–25 ms depending on load, i.e. 0.4–1.4M fuel/ms. The
-    /// default, 500k/ms, is near the slow end so that a runaway guest is stopped within about the
-    /// budget even on a loaded machine (100 ms → 50M fuel ≈ 35–125 ms of wall time); an
-    /// uncontended machine gives a well-behaved guest less wall time than the budget, never more
-    /// than ~1.25×. `Benchmarks/WasmDispatch` prints the rate measured on the current machine.
+    /// Calibrated on the project's 2-core VM (release build, WasmKit 0.4.2, direct threading;
+    /// `Benchmarks/WasmDispatch` prints the rate of the current machine): a tight loop burns
+    /// 1.4–3.5M fuel/ms on an idle machine, and WASM.md measured 10M fuel in 7–25 ms (0.4–1.4M
+    /// fuel/ms) under load. The default, 1M/ms, stops the `loop.wat` fixture after ~60 ms of a
+    /// 100 ms budget when idle and after roughly the budget (100–250 ms) when the machine is
+    /// 2–2.5× contended; a well-behaved guest gets at least ~60% of its budget in wall time.
     public var fuelPerMillisecond: UInt64
     /// How many ready-to-use instances the factory keeps prepared off the shards' threads
     /// (instantiated, `_initialize`d, version-checked and fully translated), so that creating a
@@ -26,7 +26,7 @@ public struct WasmLimits: Sendable, Equatable {
     public init(
         callbackBudgetMilliseconds: Int = 100,
         maxMemoryBytes: Int = 64 << 20,
-        fuelPerMillisecond: UInt64 = 500_000,
+        fuelPerMillisecond: UInt64 = 1_000_000,
         spareInstances: Int = 2
     ) {
         self.callbackBudgetMilliseconds = callbackBudgetMilliseconds

@@ -228,7 +228,7 @@ for _ in 0..<rounds {
     _ = try? spin([.i32(UInt32.max)])
     rates.append(10_000_000 / (Double(now() - t) / 1e6))
 }
-print("fuel rate: \(Int(median(rates))) fuel/ms (min \(Int(rates.min()!)), max \(Int(rates.max()!))); WasmLimits default 500000")
+print("fuel rate: \(Int(median(rates))) fuel/ms (min \(Int(rates.min()!)), max \(Int(rates.max()!))); WasmLimits default 1000000")
 var loopTimes: [Double] = []
 let loopFactory = try WasmServiceFactory(bytes: fixture("loop"), name: "loop", limits: WasmLimits(spareInstances: 0), logger: logger)
 final class CloseContext: StateroomContext {
