@@ -6,6 +6,7 @@ final class Room {
     var service: any StateroomService
     /// Open members, for fan-out. A member knows its index (swap-remove on leave).
     var members: [Connection] = []
+    var byId: [ClientId: Connection] = [:]
     var nextClientId: UInt32 = 1
     /// Bumped whenever the timer is set or the room ends; a timer entry with an older token is stale.
     var timerToken: UInt64 = 0
@@ -25,12 +26,14 @@ final class Room {
         conn.clientId = id
         conn.memberIndex = members.count
         members.append(conn)
+        byId[id] = conn
         return id
     }
 
     func remove(_ conn: Connection) {
         let i = conn.memberIndex
         guard i >= 0, i < members.count, members[i] === conn else { return }
+        byId[conn.clientId] = nil
         let last = members.removeLast()
         if i < members.count {
             members[i] = last

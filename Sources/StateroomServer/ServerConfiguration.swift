@@ -25,6 +25,8 @@ public struct ServerConfiguration: Sendable {
     public var heartbeatInterval: Double = 30
     /// Seconds of silence after which a client is dropped.
     public var heartbeatTimeout: Double = 300
+    /// Seconds a client has to send a complete request head (and, kept alive, the next one).
+    public var requestTimeout: Double = 10
     /// Seconds a closing connection waits for the peer's EOF.
     public var closeTimeout: Double = 5
     /// Directory served at `/` (static files), if any.

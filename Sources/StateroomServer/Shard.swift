@@ -53,7 +53,9 @@ final class Shard {
     private var running = true
     private var shuttingDown = false
     private var acceptArmed = false
-    private var acceptPausedLogged = false
+    /// Accepting stopped after EMFILE/ENFILE; resumes when a descriptor frees or after a pause.
+    private var acceptPaused = false
+    private var acceptPauseLogged = false
     private var now: UInt64 = monotonicNanos()
     private var lastHTTPStatus: [Int: Int] = [:]
 
@@ -138,30 +140,31 @@ final class Shard {
     // MARK: - Accept
 
     private func handleAccept(_ c: Completion) {
+        if !c.more { acceptArmed = false }
         if c.result >= 0 {
             count(.connectionsAccepted)
-            if shuttingDown { Socket.close(c.result); return }
-            adopt(fd: c.result, bytes: nil)
+            if acceptPaused { acceptPaused = false; acceptPauseLogged = false }
+            if shuttingDown { Socket.close(c.result) } else { adopt(fd: c.result, bytes: nil) }
         } else {
-            count(.acceptErrors)
             let e = -c.result
+            if e != ECANCELED { count(.acceptErrors) }
             if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM {
-                if !acceptPausedLogged {
+                // Out of descriptors: stop accepting (a multishot accept that stayed armed would
+                // only fail again at once), log once, and resume when a connection closes or in 1 s.
+                if !acceptPauseLogged {
                     logger.warning("accept paused: \(errnoDescription(e)); resuming when a connection closes (or in 1 s)")
-                    acceptPausedLogged = true
+                    acceptPauseLogged = true
                 }
-                if !c.more {
-                    acceptArmed = false
+                if !acceptPaused {
+                    acceptPaused = true
                     timers.schedule(at: now + 1_000_000_000, .resumeAccept)
                 }
+                if c.more { loop.cancel(Tag(op: .accept, slot: 0, generation: 0)) }
                 return
             }
             if e != ECANCELED { logger.error("accept failed: \(errnoDescription(e))") }
         }
-        if !c.more && !shuttingDown {
-            acceptArmed = false
-            if c.result >= 0 || (-c.result != ECANCELED) { resumeAccept() }
-        }
+        if !acceptArmed && !acceptPaused { resumeAccept() }
     }
 
     private func resumeAccept() {
@@ -191,6 +194,8 @@ final class Shard {
             Socket.setNoDelay(fd)
             armReceive(conn, multishot: false)
         }
+        // A client gets this long to send a complete request head (and, kept alive, the next one).
+        timers.schedule(at: now + nanos(config.requestTimeout), .connectionDeadline(slot: slot, generation: conn.generation))
     }
 
     private func armReceive(_ conn: Connection, multishot: Bool) {
@@ -571,7 +576,7 @@ final class Shard {
                 if m.clientId == except { pool.release(frame) } else { enqueue(m, frame: frame) }
             }
         case .client(let id):
-            if let m = room.members.first(where: { $0.clientId == id }) {
+            if let m = room.byId[id] {
                 pool.retain(frame)
                 enqueue(m, frame: frame)
             }
@@ -780,7 +785,7 @@ final class Shard {
         if closeDescriptor {
             loop.forget(fd: conn.fd)
             Socket.close(conn.fd)
-            if acceptPausedLogged && !acceptArmed { acceptPausedLogged = false; resumeAccept() }
+            if acceptPaused { acceptPaused = false; resumeAccept() }
         }
         conn.state = .dead
     }
@@ -808,15 +813,15 @@ final class Shard {
                 timers.schedule(at: now + nanos(config.heartbeatInterval), .heartbeat)
             case .connectionDeadline(let slot, let generation):
                 if let conn = connection(for: Tag(op: .recv, slot: slot, generation: generation)),
-                   conn.state == .closing || conn.state == .dead {
+                   conn.state != .open {
                     abort(conn)
                 }
             case .resumeAccept:
                 if shuttingDown {
                     running = false
                     for conn in conns { if let conn { abort(conn) } }
-                } else {
-                    acceptPausedLogged = false
+                } else if acceptPaused {
+                    acceptPaused = false
                     resumeAccept()
                 }
             }

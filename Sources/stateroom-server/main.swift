@@ -34,6 +34,8 @@ struct StateroomServerCommand: ParsableCommand {
     var heartbeatInterval: Double = 30
     @Option(help: "Seconds of silence after which a client is dropped.")
     var heartbeatTimeout: Double = 300
+    @Option(help: "Seconds a client has to send a complete request head.")
+    var requestTimeout: Double = 10
     @Option(help: "Guest execution budget per wasm callback, in milliseconds.")
     var wasmCallbackBudget: Int = 100
     @Option(help: "Memory cap of one wasm room instance, in bytes.")
@@ -73,6 +75,7 @@ struct StateroomServerCommand: ParsableCommand {
         config.heartbeatInterval = heartbeatInterval
         config.heartbeatTimeout = heartbeatTimeout
         config.staticDirectory = `static`
+        config.requestTimeout = requestTimeout
         config.pinThreads = !noPin
 
         let factory: any StateroomServiceFactory
