@@ -9,12 +9,16 @@ let package = Package(
     products: [
         .library(name: "Stateroom", targets: ["Stateroom"]),
         .executable(name: "stateroom-server", targets: ["stateroom-server"]),
+        .executable(name: "stateroom-bench", targets: ["stateroom-bench"]),
+        // For the micro-benchmark package in Benchmarks/ (kept out of this package's build).
+        .library(name: "WireProtocol", targets: ["WireProtocol"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.6.0"),
         .package(url: "https://github.com/swiftwasm/WasmKit", exact: "0.4.2"),
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", exact: "0.2.0"),
     ],
     targets: [
         .target(
@@ -63,6 +67,16 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "stateroom-bench",
+            dependencies: [
+                "IOCore", "WireProtocol",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ],
+            path: "Benchmarks/stateroom-bench",
             swiftSettings: strict
         ),
         .testTarget(name: "WireProtocolTests", dependencies: ["WireProtocol"], swiftSettings: strict),

@@ -1,0 +1,258 @@
+import ArgumentParser
+import Foundation
+import Glibc
+import IOCore
+
+@main
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "stateroom-bench",
+        abstract: "Load generator for room relays: broadcast latency and fan-out, loss and order checked.",
+        discussion: """
+            Clients join /ws/<room> (R rooms × C clients); S senders per room send --size byte text messages, \
+            each stamped with its send time, sender and sequence number; every client records latency in an \
+            HdrHistogram and checks per-sender order. Lost, reordered or foreign messages fail the run (exit 1).
+
+            Scenarios by name (--scenario, comma-separated or 'all'): \(Preset.allCases.map(\.rawValue).joined(separator: ", ")). \
+            Flags given explicitly override the preset.
+
+            Examples:
+              stateroom-bench --url ws://127.0.0.1:8080 --rooms 1 --clients-per-room 1000 --senders 8 --closed-loop --server-pid 1234
+              stateroom-bench --scenario rooms10-200 --spawn 'taskset -c 0 .build/release/stateroom-server --port {port} --service relay --shards 1 --no-pin'
+              taskset -c 1 stateroom-bench --scenario all --compare ours,socketify --rounds 3 --json > results.json
+            """)
+
+    @Option(help: "Server to load (ws://host:port[/path-prefix]); rooms are <prefix>/<room-prefix><n>.")
+    var url = "ws://127.0.0.1:8080"
+    @Option(help: "Named scenario(s), comma-separated, or 'all'.")
+    var scenario: String?
+    @Option(help: "Rooms.") var rooms: Int?
+    @Option(help: "Clients per room.") var clientsPerRoom: Int?
+    @Option(help: "Senders per room.") var senders: Int?
+    @Option(help: "Message size in bytes (at least 32).") var size: Int?
+    @Option(help: "Open loop: messages per second per sender (latency from the scheduled send time).") var rate: Double?
+    @Flag(help: "Closed loop: a sender sends its next message when its previous one came back (default without --rate).")
+    var closedLoop = false
+    @Option(help: "Warm-up seconds (not measured).") var warmup: Double?
+    @Option(help: "Measured seconds.") var duration: Double?
+    @Option(help: "Load threads, one io_uring loop each.") var threads: Int?
+    @Option(help: "Room name prefix.") var roomPrefix: String?
+    @Option(help: "Seconds to wait for outstanding deliveries after the last send.") var drainTimeout: Double?
+
+    @Option(help: "PID of the server, for its CPU use (/proc/PID/stat).") var serverPid: Int32?
+    @Option(help: "Start the server with this shell command ({port} is replaced by a free port) and stop it after.")
+    var spawn: String?
+    @Option(help: "Label of this run in the report and chart.") var label: String?
+
+    @Option(help: """
+        Compare servers the bench spawns, in interleaved rounds: any of io (--io uring vs epoll), shards \
+        (--shards 1 vs N), wasm (native relay vs --wasm relay), ours, socketify (ours vs uWebSockets), \
+        or 'variants' (only --variant); comma-separated.
+        """)
+    var compare: String?
+    @Option(help: "Rounds per comparison (medians are reported).") var rounds = 3
+    @Option(help: "stateroom-server binary for --compare.") var server = ".build/release/stateroom-server"
+    @Option(help: "CPU list (taskset -c) for spawned servers.") var serverCpus = "0"
+    @Option(help: "N of the shards comparison.") var compareShards = 2
+    @Option(help: "Wasm relay module for the wasm comparison (default: Tests/WasmHostTests/Fixtures/relay.wat via wat2wasm).")
+    var wasm: String?
+    @Option(help: "socketify relay script for the socketify comparison.") var socketify = "Benchmarks/socketify_relay.py"
+    @Option(help: "Extra variant NAME=COMMAND for --compare ({port} is replaced); repeatable.") var variant: [String] = []
+
+    @Flag(help: "Print JSON on standard output instead of tables.") var json = false
+    @Option(help: "Write the latency percentile curves to this SVG file.") var chart: String?
+    @Flag(help: "No live progress on standard error.") var quiet = false
+
+    func scenarios() throws -> [(String, Scenario)] {
+        var list: [(String, Scenario)] = []
+        if let names = scenario {
+            let wanted = names == "all" ? Preset.allCases.map(\.rawValue) : names.split(separator: ",").map(String.init)
+            for n in wanted {
+                guard let p = Preset(rawValue: n) else {
+                    throw ValidationError("unknown scenario '\(n)' (\(Preset.allCases.map(\.rawValue).joined(separator: ", ")), all)")
+                }
+                list.append((n, p.scenario))
+            }
+        } else {
+            list.append(("custom", Scenario()))
+        }
+        return list.map { name, base in
+            var s = base
+            if let v = rooms { s.rooms = v }
+            if let v = clientsPerRoom { s.clientsPerRoom = v }
+            if let v = senders { s.senders = v }
+            if let v = size { s.size = v }
+            if let v = rate { s.rate = v }
+            if closedLoop { s.rate = nil }
+            if let v = warmup { s.warmup = v }
+            if let v = duration { s.duration = v }
+            if let v = threads { s.threads = v }
+            if let v = roomPrefix { s.roomPrefix = v }
+            if let v = drainTimeout { s.drainTimeout = v }
+            return (name, s)
+        }
+    }
+
+    func validate() throws {
+        if closedLoop && rate != nil { throw ValidationError("--rate and --closed-loop exclude each other") }
+        if compare != nil && (spawn != nil || serverPid != nil) { throw ValidationError("--compare spawns its own servers; drop --spawn/--server-pid") }
+        if rounds < 1 { throw ValidationError("--rounds must be at least 1") }
+        for (_, s) in try scenarios() { try s.validate() }
+    }
+
+    func run() throws {
+        signal(SIGPIPE, SIG_IGN)
+        let progress = ProgressPrinter(enabled: !quiet && isatty(2) != 0)
+        let log: (String) -> Void = { line in if !quiet { writeStandardError(line + "\n") } }
+        let list = try scenarios()
+        if let compare {
+            try runCompare(compare, list, progress: progress, log: log)
+            return
+        }
+        var results: [RunResult] = []
+        for (name, s) in list {
+            var endpoint = try Endpoint(url: url)
+            var pid = serverPid
+            var spawned: SpawnedServer?
+            if let spawn {
+                let srv = try SpawnedServer(command: spawn)
+                spawned = srv
+                endpoint = Endpoint(host: "127.0.0.1", port: srv.port, pathPrefix: endpoint.pathPrefix)
+                pid = srv.pid
+            }
+            defer { spawned?.stop() }
+            let runLabel = label ?? (list.count > 1 ? name : endpoint.description)
+            let r = try runScenario(s, endpoint: endpoint, label: runLabel, serverPid: pid, progress: progress)
+            results.append(r)
+            if !json { print(Report.table(r) + "\n") }
+        }
+        if json { print(Report.json(results.count == 1 ? AnyEncodable(results[0]) : AnyEncodable(results))) }
+        if let chart {
+            try Chart.svg(title: "stateroom-bench latency", series: results.map { ($0.label, $0.latency.curve) })
+                .write(toFile: chart, atomically: true, encoding: .utf8)
+        }
+        if results.contains(where: { !$0.passed }) { throw ExitCode(1) }
+    }
+
+    func ourServer(_ args: String) -> String {
+        "taskset -c \(serverCpus) \(server) --host 127.0.0.1 --port {port} --no-pin --log-level warning \(args)"
+    }
+
+    func groups(_ spec: String) throws -> [ComparisonGroup] {
+        var out: [ComparisonGroup] = []
+        let names = spec.split(separator: ",").map(String.init)
+        let wantsOursVsSocketify = names.contains("ours") || names.contains("socketify")
+        if wantsOursVsSocketify {
+            var g = ComparisonGroup(name: "ours vs uWebSockets", variants: [
+                Variant(name: "stateroom (shards 1)", command: ourServer("--service relay --shards 1")),
+                Variant(name: "uWebSockets (socketify)", command: "taskset -c \(serverCpus) python3 \(socketify) --host 127.0.0.1 --port {port}"),
+            ])
+            if !FileManager.default.fileExists(atPath: socketify) { g.skipped = "socketify relay script not found at \(socketify)" }
+            out.append(g)
+        }
+        for n in names {
+            switch n {
+            case "ours", "socketify": continue
+            case "io":
+                out.append(ComparisonGroup(name: "io_uring vs epoll", variants: [
+                    Variant(name: "--io uring", command: ourServer("--service relay --shards 1 --io uring")),
+                    Variant(name: "--io epoll", command: ourServer("--service relay --shards 1 --io epoll")),
+                ]))
+            case "shards":
+                out.append(ComparisonGroup(name: "shards 1 vs \(compareShards)", variants: [
+                    Variant(name: "--shards 1", command: ourServer("--service relay --shards 1")),
+                    Variant(name: "--shards \(compareShards)", command: ourServer("--service relay --shards \(compareShards)")),
+                ]))
+            case "wasm":
+                var g = ComparisonGroup(name: "native vs wasm relay", variants: [])
+                do {
+                    let module = try wasmModule()
+                    g.variants = [
+                        Variant(name: "native relay", command: ourServer("--service relay --shards 1")),
+                        Variant(name: "wasm relay", command: ourServer("--wasm \(module) --shards 1")),
+                    ]
+                } catch {
+                    g.variants = [Variant(name: "native relay", command: ""), Variant(name: "wasm relay", command: "")]
+                    g.skipped = "wasm relay not available yet: \(error)"
+                }
+                out.append(g)
+            case "variants":
+                continue
+            default:
+                throw ValidationError("unknown comparison '\(n)' (io, shards, wasm, ours, socketify, variants)")
+            }
+        }
+        if !variant.isEmpty {
+            let vs = try variant.map { spec -> Variant in
+                guard let eq = spec.firstIndex(of: "=") else { throw ValidationError("--variant wants NAME=COMMAND") }
+                return Variant(name: String(spec[..<eq]), command: String(spec[spec.index(after: eq)...]))
+            }
+            out.append(ComparisonGroup(name: "variants", variants: vs))
+        }
+        return out
+    }
+
+    /// The wasm relay: --wasm, or the fixture converted with wat2wasm.
+    func wasmModule() throws -> String {
+        if let wasm {
+            if wasm.hasSuffix(".wat") { return try wat2wasm(wasm) }
+            guard FileManager.default.fileExists(atPath: wasm) else { throw BenchError("no file at \(wasm)") }
+            return wasm
+        }
+        let fixture = "Tests/WasmHostTests/Fixtures/relay.wat"
+        guard FileManager.default.fileExists(atPath: fixture) else { throw BenchError("\(fixture) does not exist yet (give --wasm PATH)") }
+        let out = try wat2wasm(fixture)
+        // Probe: the server must load it.
+        let probe = try SpawnedServer(command: ourServer("--wasm \(out) --shards 1"), readyTimeout: 20)
+        probe.stop()
+        return out
+    }
+
+    func wat2wasm(_ wat: String) throws -> String {
+        let out = NSTemporaryDirectory() + "stateroom-bench-relay-\(getpid()).wasm"
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", "wat2wasm '\(wat)' -o '\(out)'"]
+        try p.run()
+        p.waitUntilExit()
+        guard p.terminationStatus == 0 else { throw BenchError("wat2wasm failed on \(wat) (apt-get install wabt)") }
+        return out
+    }
+
+    func runCompare(_ spec: String, _ list: [(String, Scenario)], progress: ProgressPrinter, log: @escaping (String) -> Void) throws {
+        let gs = try groups(spec)
+        var reports: [GroupReport] = []
+        for (name, s) in list {
+            for g in gs {
+                log("\(g.name) — \(name): \(s.summary)")
+                let r = runComparison(g, scenario: s, scenarioName: name, rounds: rounds, progress: progress, log: log)
+                reports.append(r)
+                if !json { print(comparisonTable(r)) }
+            }
+        }
+        if json { print(Report.json(reports)) }
+        if let chart {
+            var series: [(name: String, curve: [[Double]])] = []
+            for r in reports {
+                for v in r.variants {
+                    // The run with the median p99 stands for the variant.
+                    let sorted = v.runs.sorted { $0.latency.p99Micros < $1.latency.p99Micros }
+                    if !sorted.isEmpty {
+                        let name = list.count > 1 ? "\(r.scenarioName): \(v.name)" : v.name
+                        series.append((name, sorted[sorted.count / 2].latency.curve))
+                    }
+                }
+            }
+            try Chart.svg(title: "stateroom-bench latency (median-p99 run per variant)", series: series)
+                .write(toFile: chart, atomically: true, encoding: .utf8)
+        }
+        if reports.contains(where: { $0.variants.contains { $0.median.failedRuns > 0 } }) { throw ExitCode(1) }
+    }
+}
+
+/// Type-erased Encodable (one result or a list).
+struct AnyEncodable: Encodable {
+    let encodeBody: (Encoder) throws -> Void
+    init<T: Encodable>(_ v: T) { encodeBody = v.encode }
+    func encode(to encoder: Encoder) throws { try encodeBody(encoder) }
+}

@@ -1,0 +1,177 @@
+import Foundation
+import Glibc
+
+/// A server configuration to compare: a shell command with `{port}`.
+struct Variant: Codable, Sendable {
+    var name: String
+    var command: String
+}
+
+/// A set of variants compared with each other on one scenario; the first is the baseline.
+struct ComparisonGroup {
+    var name: String
+    var variants: [Variant]
+    /// Why the group cannot run here (printed instead of results).
+    var skipped: String?
+}
+
+struct Medians: Codable, Sendable {
+    var deliveriesPerSecond: Double
+    var p50Micros: Double
+    var p99Micros: Double
+    var p999Micros: Double
+    var serverMicrosecondsPerDelivery: Double?
+    var serverCPUUtilization: Double?
+    var benchCPUUtilization: Double
+    var benchSaturatedRuns: Int
+    var lost: Int
+    var reordered: Int
+    var failedRuns: Int
+}
+
+struct VariantReport: Codable, Sendable {
+    var name: String
+    var command: String
+    var runs: [RunResult]
+    var median: Medians
+}
+
+struct Ratio: Codable, Sendable {
+    var variant: String
+    var baseline: String
+    var deliveriesPerSecond: Double
+    var p50: Double
+    var p99: Double
+    var serverCPUPerDelivery: Double?
+}
+
+struct GroupReport: Codable, Sendable {
+    var group: String
+    var scenarioName: String
+    var scenario: Scenario
+    var rounds: Int
+    var variants: [VariantReport]
+    var ratios: [Ratio]
+    var skipped: String?
+}
+
+func median(_ xs: [Double]) -> Double {
+    guard !xs.isEmpty else { return .nan }
+    let s = xs.sorted()
+    return s.count % 2 == 1 ? s[s.count / 2] : (s[s.count / 2 - 1] + s[s.count / 2]) / 2
+}
+
+func medians(_ runs: [RunResult]) -> Medians {
+    let cpu = runs.compactMap(\.serverCPUMicrosecondsPerDelivery)
+    let util = runs.compactMap(\.serverCPUUtilization)
+    return Medians(
+        deliveriesPerSecond: median(runs.map(\.deliveriesPerSecond)),
+        p50Micros: median(runs.map(\.latency.p50Micros)),
+        p99Micros: median(runs.map(\.latency.p99Micros)),
+        p999Micros: median(runs.map(\.latency.p999Micros)),
+        serverMicrosecondsPerDelivery: cpu.isEmpty ? nil : median(cpu),
+        serverCPUUtilization: util.isEmpty ? nil : median(util),
+        benchCPUUtilization: median(runs.map(\.benchBusiestThreadUtilization)),
+        benchSaturatedRuns: runs.filter(\.benchSaturated).count,
+        lost: runs.map(\.lost).reduce(0, +),
+        reordered: runs.map { $0.reordered + $0.gaps }.reduce(0, +),
+        failedRuns: runs.filter { !$0.passed }.count)
+}
+
+/// Runs every variant of `group` on `scenario` for `rounds` interleaved rounds (ABBA order, a fresh
+/// server per run) and reports medians and ratios to the first variant.
+func runComparison(_ group: ComparisonGroup, scenario: Scenario, scenarioName: String, rounds: Int,
+                   progress: ProgressPrinter, log: (String) -> Void) -> GroupReport {
+    var runs = [[RunResult]](repeating: [], count: group.variants.count)
+    var skipped = group.skipped
+    if skipped == nil {
+        outer: for round in 0..<rounds {
+            let order = round % 2 == 0 ? Array(group.variants.indices) : group.variants.indices.reversed()
+            for i in order {
+                let v = group.variants[i]
+                waitForQuietMachine(log: log)
+                do {
+                    let server = try SpawnedServer(command: v.command)
+                    defer { server.stop() }
+                    let label = "\(scenarioName) \(v.name) r\(round + 1)"
+                    let r = try runScenario(scenario, endpoint: Endpoint(host: "127.0.0.1", port: server.port),
+                                            label: label, serverPid: server.pid, progress: progress)
+                    var named = r
+                    named.label = v.name
+                    runs[i].append(named)
+                    log("  \(label): \(formatCount(r.deliveriesPerSecond)) deliveries/s, p99 \(Report.micros(r.latency.p99Micros)), "
+                        + "server \(r.serverCPUMicrosecondsPerDelivery.map { String(format: "%.3f", $0) } ?? "n/a") µs/delivery"
+                        + (r.passed ? "" : "  FAIL: " + r.failures.joined(separator: "; ")))
+                } catch {
+                    if round == 0 && runs[i].isEmpty {
+                        skipped = "\(v.name) could not be run: \(error)"
+                        break outer
+                    }
+                    log("  \(v.name) round \(round + 1) failed: \(error)")
+                }
+            }
+        }
+    }
+    var reports: [VariantReport] = []
+    for (i, v) in group.variants.enumerated() {
+        reports.append(VariantReport(name: v.name, command: v.command, runs: runs[i], median: medians(runs[i])))
+    }
+    var ratios: [Ratio] = []
+    if skipped == nil, let base = reports.first {
+        for r in reports.dropFirst() {
+            let a = base.median, b = r.median
+            var cpu: Double?
+            if let x = b.serverMicrosecondsPerDelivery, let y = a.serverMicrosecondsPerDelivery, y > 0 { cpu = x / y }
+            ratios.append(Ratio(variant: r.name, baseline: base.name, deliveriesPerSecond: b.deliveriesPerSecond / a.deliveriesPerSecond,
+                                p50: b.p50Micros / a.p50Micros, p99: b.p99Micros / a.p99Micros, serverCPUPerDelivery: cpu))
+        }
+    }
+    return GroupReport(group: group.name, scenarioName: scenarioName, scenario: scenario, rounds: rounds,
+                       variants: skipped == nil ? reports : [], ratios: ratios, skipped: skipped)
+}
+
+func comparisonTable(_ g: GroupReport) -> String {
+    var out = "\(g.group) — \(g.scenarioName): \(g.scenario.summary); medians of \(g.rounds) interleaved rounds\n"
+    if let why = g.skipped { return out + "SKIPPED: \(why)\n" }
+    var t = TextTable(header: ["variant", "deliveries/s", "p50", "p99", "p99.9", "server µs/delivery", "server CPU", "bench busiest thread", "lost", "reordered", "failed runs"])
+    for v in g.variants {
+        let m = v.median
+        t.rows.append([v.name, formatCount(m.deliveriesPerSecond), Report.micros(m.p50Micros), Report.micros(m.p99Micros),
+                       Report.micros(m.p999Micros), m.serverMicrosecondsPerDelivery.map { String(format: "%.3f", $0) } ?? "n/a",
+                       m.serverCPUUtilization.map { String(format: "%.0f%%", 100 * $0) } ?? "n/a",
+                       String(format: "%.0f%%", 100 * m.benchCPUUtilization) + (m.benchSaturatedRuns > 0 ? " SATURATED" : ""),
+                       "\(m.lost)", "\(m.reordered)", "\(m.failedRuns)/\(v.runs.count)"])
+    }
+    out += t.render() + "\n"
+    for r in g.ratios {
+        out += "ratio \(r.variant) / \(r.baseline): deliveries/s \(String(format: "%.2f", r.deliveriesPerSecond))×, "
+            + "p50 \(String(format: "%.2f", r.p50))×, p99 \(String(format: "%.2f", r.p99))×, "
+            + "server CPU per delivery \(r.serverCPUPerDelivery.map { String(format: "%.2f", $0) + "×" } ?? "n/a")\n"
+    }
+    if g.variants.contains(where: { $0.median.benchSaturatedRuns > 0 }) {
+        out += "WARNING: the bench was saturated in some runs: compare by server CPU per delivery, not deliveries/s.\n"
+    }
+    return out
+}
+
+/// Waits (up to 10 minutes) while a compiler runs on this machine: colleagues' builds would skew
+/// the numbers.
+func waitForQuietMachine(log: (String) -> Void) {
+    var warned = false
+    for _ in 0..<600 {
+        if !compilerRunning() { return }
+        if !warned { log("  waiting for swift-build / swift-frontend to finish before measuring…"); warned = true }
+        sleep(1)
+    }
+}
+
+func compilerRunning() -> Bool {
+    guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return false }
+    for e in entries where e.first?.isNumber == true {
+        guard let cmd = FileManager.default.contents(atPath: "/proc/\(e)/cmdline") else { continue }
+        let exe = cmd.split(separator: 0).first.map { String(decoding: $0, as: UTF8.self) } ?? ""
+        let base = exe.split(separator: "/").last.map(String.init) ?? ""
+        if base == "swift-build" || base == "swift-frontend" { return true }
+    }
+    return false
+}

@@ -1,0 +1,110 @@
+import Foundation
+
+/// Where to connect: parsed from `ws://host:port[/prefix]`.
+struct Endpoint: Sendable, CustomStringConvertible {
+    var host: String
+    var port: UInt16
+    /// Path before the room id: `/ws/` by default, so room 7 is `/ws/<roomPrefix>7`.
+    var pathPrefix: String
+
+    init(url: String) throws {
+        guard url.hasPrefix("ws://") else { throw BenchError("--url must start with ws:// (got \(url))") }
+        var rest = Substring(url.dropFirst(5))
+        var path = "/ws/"
+        if let slash = rest.firstIndex(of: "/") {
+            let p = String(rest[slash...])
+            rest = rest[..<slash]
+            if p != "/" && p != "/ws" && p != "/ws/" { path = p.hasSuffix("/") ? p : p + "/" }
+        }
+        var host = String(rest)
+        var port: UInt16 = 80
+        if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
+            host = String(rest[..<colon])
+            guard let p = UInt16(rest[rest.index(after: colon)...]) else { throw BenchError("bad port in --url \(url)") }
+            port = p
+        }
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        self.host = host
+        self.port = port
+        self.pathPrefix = path
+    }
+
+    init(host: String, port: UInt16, pathPrefix: String = "/ws/") {
+        self.host = host
+        self.port = port
+        self.pathPrefix = pathPrefix
+    }
+
+    var description: String { "ws://\(host.contains(":") ? "[\(host)]" : host):\(port)\(pathPrefix)" }
+}
+
+/// One load scenario: who connects where and how messages are sent.
+struct Scenario: Sendable, Codable {
+    var rooms = 1
+    var clientsPerRoom = 100
+    var senders = 1
+    var size = 64
+    /// Messages per second per sender (open loop); nil means closed loop.
+    var rate: Double?
+    var warmup = 2.0
+    var duration = 10.0
+    var threads = 1
+    var roomPrefix = "bench-"
+    /// Seconds to wait after the last send for outstanding deliveries.
+    var drainTimeout = 10.0
+
+    var closedLoop: Bool { rate == nil }
+    var connections: Int { rooms * clientsPerRoom }
+
+    var summary: String {
+        let mode = rate.map { "\(formatCount($0)) msgs/s per sender" } ?? "closed loop"
+        return "\(rooms) room\(rooms == 1 ? "" : "s") × \(clientsPerRoom) clients, \(senders) sender\(senders == 1 ? "" : "s")/room, \(size) B, \(mode)"
+    }
+
+    func validate() throws {
+        if rooms < 1 || clientsPerRoom < 1 { throw BenchError("--rooms and --clients-per-room must be at least 1") }
+        if senders < 1 || senders > clientsPerRoom { throw BenchError("--senders must be between 1 and --clients-per-room") }
+        if size < Payload.headerLength { throw BenchError("--size must be at least \(Payload.headerLength) bytes (timestamp, sender, sequence)") }
+        if let r = rate, !(r > 0) { throw BenchError("--rate must be positive") }
+        if threads < 1 || threads > 64 { throw BenchError("--threads must be between 1 and 64") }
+        if duration <= 0 || warmup < 0 { throw BenchError("--duration must be positive and --warmup not negative") }
+        if connections > 19_000 {
+            throw BenchError("\(connections) connections: this machine's hard open-file limit is 20,000 per process; stay below ~19,000")
+        }
+    }
+}
+
+/// Named scenarios of the issue, so a run is reproducible by name.
+enum Preset: String, CaseIterable, Sendable {
+    case fanout1 = "fanout-1"
+    case fanout8 = "fanout-8"
+    case rooms10At200 = "rooms10-200"
+    case rooms10At2000 = "rooms10-2000"
+    case rooms100 = "rooms100"
+    case large = "large-16k"
+
+    var scenario: Scenario {
+        var s = Scenario()
+        switch self {
+        case .fanout1: s.rooms = 1; s.clientsPerRoom = 1000; s.senders = 1
+        case .fanout8: s.rooms = 1; s.clientsPerRoom = 1000; s.senders = 8
+        case .rooms10At200: s.rooms = 10; s.clientsPerRoom = 100; s.rate = 200
+        case .rooms10At2000: s.rooms = 10; s.clientsPerRoom = 100; s.rate = 2000
+        case .rooms100: s.rooms = 100; s.clientsPerRoom = 10
+        case .large: s.rooms = 1; s.clientsPerRoom = 100; s.size = 16 * 1024
+        }
+        return s
+    }
+}
+
+struct BenchError: Error, CustomStringConvertible {
+    let description: String
+    init(_ d: String) { description = d }
+}
+
+func formatCount(_ v: Double) -> String {
+    if v >= 1e6 { return String(format: "%.2fM", v / 1e6) }
+    if v >= 1e4 { return String(format: "%.1fk", v / 1e3) }
+    if v == v.rounded() { return String(Int(v)) }
+    return String(format: "%.1f", v)
+}

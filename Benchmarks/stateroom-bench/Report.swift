@@ -1,0 +1,71 @@
+import Foundation
+
+/// Terminal tables and JSON.
+enum Report {
+    static func micros(_ v: Double) -> String {
+        if v >= 100_000 { return String(format: "%.0f ms", v / 1000) }
+        if v >= 10_000 { return String(format: "%.1f ms", v / 1000) }
+        if v >= 1000 { return String(format: "%.2f ms", v / 1000) }
+        return String(format: "%.0f µs", v)
+    }
+
+    static func optional(_ v: Double?, _ f: (Double) -> String) -> String { v.map(f) ?? "n/a" }
+
+    /// The report of one run, as a two-column table.
+    static func table(_ r: RunResult) -> String {
+        var rows: [(String, String)] = []
+        rows.append(("server", r.label == r.url ? r.url : "\(r.label) (\(r.url))"))
+        rows.append(("scenario", r.scenario.summary))
+        rows.append(("window", String(format: "%.1f s measured after %.1f s warm-up, %d load thread(s)", r.windowSeconds, r.scenario.warmup, r.scenario.threads)))
+        rows.append(("connections", "\(r.connectionsEstablished) established, \(r.connectionsFailed) failed, \(formatCount(r.connectRate))/s"))
+        rows.append(("messages sent", "\(r.messagesSent)"))
+        rows.append(("deliveries", "\(r.deliveriesReceived) received of \(r.deliveriesExpected) expected"))
+        rows.append(("lost / gaps / reordered", "\(r.lost) / \(r.gaps) / \(r.reordered)"))
+        rows.append(("deliveries/s", formatCount(r.deliveriesPerSecond)))
+        let l = r.latency
+        rows.append(("latency p50 / p90 / p99", "\(micros(l.p50Micros)) / \(micros(l.p90Micros)) / \(micros(l.p99Micros))"))
+        rows.append(("latency p99.9 / max", "\(micros(l.p999Micros)) / \(micros(l.maxMicros))  (\(l.count) samples)"))
+        if let cpu = r.serverCPUSeconds, let per = r.serverCPUMicrosecondsPerDelivery {
+            rows.append(("server CPU", String(format: "%.2f s (%.0f%% of a core), %.3f µs per delivery = %.3f s per million", cpu, 100 * cpu / r.windowSeconds, per, per)))
+        } else {
+            rows.append(("server CPU", "n/a (give --server-pid or --spawn)"))
+        }
+        rows.append(("bench CPU", String(format: "%.2f s (%.0f%% of a core; busiest thread %.0f%%)", r.benchCPUSeconds, 100 * r.benchCPUUtilization, 100 * r.benchBusiestThreadUtilization)))
+        rows.append(("result", r.passed ? "PASS" : "FAIL: " + r.failures.joined(separator: "; ")))
+        let w = rows.map { $0.0.count }.max() ?? 0
+        var out = rows.map { $0.0.padding(toLength: w, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(separator: "\n")
+        if r.benchSaturated {
+            out += "\n\nWARNING: the bench was saturated (a load thread busy \(Int(100 * r.benchBusiestThreadUtilization))% of the window): "
+                + "deliveries/s and latency may show the bench, not the server. Compare servers by CPU per delivery, "
+                + "or add --threads."
+        }
+        return out
+    }
+
+    static func json<T: Encodable>(_ value: T) -> String {
+        let e = JSONEncoder()
+        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        guard let d = try? e.encode(value) else { return "{}" }
+        return String(decoding: d, as: UTF8.self)
+    }
+}
+
+/// Aligned columns.
+struct TextTable {
+    var header: [String]
+    var rows: [[String]] = []
+
+    func render() -> String {
+        var widths = header.map(\.count)
+        for r in rows { for (i, c) in r.enumerated() where i < widths.count { widths[i] = max(widths[i], c.count) } }
+        func line(_ cells: [String]) -> String {
+            cells.enumerated().map { i, c in
+                i == 0 ? c.padding(toLength: widths[i], withPad: " ", startingAt: 0)
+                    : String(repeating: " ", count: max(0, widths[i] - c.count)) + c
+            }.joined(separator: "  ")
+        }
+        var out = [line(header), widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")]
+        for r in rows { out.append(line(r)) }
+        return out.joined(separator: "\n")
+    }
+}

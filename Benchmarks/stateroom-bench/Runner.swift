@@ -1,0 +1,248 @@
+import Foundation
+import Glibc
+import Histogram
+import IOCore
+
+/// Everything one run measured.
+struct RunResult: Codable, Sendable {
+    var label: String
+    var url: String
+    var scenario: Scenario
+    var connectionsRequested: Int
+    var connectionsEstablished: Int
+    var connectionsFailed: Int
+    var connectSeconds: Double
+    var connectRate: Double
+    var messagesSent: Int
+    var deliveriesExpected: Int
+    var deliveriesReceived: Int
+    var lost: Int
+    var gaps: Int
+    var reordered: Int
+    var foreign: Int
+    var closedDuringRun: Int
+    var errors: [String: Int]
+    var windowSeconds: Double
+    var deliveriesPerSecond: Double
+    var messagesPerSecond: Double
+    var latency: Latency
+    var serverPid: Int32?
+    var serverCPUSeconds: Double?
+    var serverCPUSecondsPerMillionDeliveries: Double?
+    var serverCPUMicrosecondsPerDelivery: Double?
+    var serverCPUUtilization: Double?
+    var benchCPUSeconds: Double
+    var benchCPUUtilization: Double
+    var benchBusiestThreadUtilization: Double
+    var benchSaturated: Bool
+    var passed: Bool
+    var failures: [String]
+
+    struct Latency: Codable, Sendable {
+        var count: UInt64
+        var p50Micros: Double
+        var p90Micros: Double
+        var p99Micros: Double
+        var p999Micros: Double
+        var maxMicros: Double
+        var meanMicros: Double
+        /// (percentile, microseconds) points for the chart.
+        var curve: [[Double]]
+    }
+}
+
+/// Progress lines on standard error while a run goes on.
+struct ProgressPrinter {
+    var enabled: Bool
+    func line(_ s: String) {
+        guard enabled else { return }
+        writeStandardError("\r\u{1B}[K" + s)
+    }
+    func end() { if enabled { writeStandardError("\n") } }
+}
+
+/// CPU seconds (user + system) a process has used, from /proc/PID/stat; nil if it is gone.
+func processCPUSeconds(_ pid: Int32) -> Double? {
+    guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+          let close = text.lastIndex(of: ")") else { return nil }
+    // Fields after "(comm)": state is field 3, utime 14, stime 15.
+    let fields = text[text.index(after: close)...].split(separator: " ")
+    guard fields.count > 13, let u = Double(fields[11]), let s = Double(fields[12]) else { return nil }
+    return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+func ownCPUSeconds() -> Double {
+    var ru = rusage()
+    getrusage(Int32(RUSAGE_SELF.rawValue), &ru)
+    return Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6 + Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
+}
+
+/// Runs one scenario against one endpoint.
+func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, serverPid: Int32?, progress: ProgressPrinter) throws -> RunResult {
+    try scenario.validate()
+    raiseOpenFileLimit()
+    var paths: [String] = []
+    var rooms: [Int] = []
+    var senderIndex: [Int] = []
+    paths.reserveCapacity(scenario.connections)
+    // Interleave rooms so connections spread over the server's shards as they open.
+    for k in 0..<scenario.clientsPerRoom {
+        for r in 0..<scenario.rooms {
+            paths.append(endpoint.pathPrefix + scenario.roomPrefix + String(r))
+            rooms.append(r)
+            senderIndex.append(k < scenario.senders ? k : -1)
+        }
+    }
+    let connector = Connector(endpoint: endpoint, window: 256, timeout: 15)
+    let opened = try connector.open(paths: paths) { n in
+        progress.line("[\(label)] connecting: \(n)/\(paths.count)")
+    }
+    progress.end()
+    defer { for fd in opened.fds where fd >= 0 { Glibc.close(fd) } }
+
+    var roomSizes = [Int](repeating: 0, count: scenario.rooms)
+    for (i, fd) in opened.fds.enumerated() where fd >= 0 { roomSizes[rooms[i]] += 1 }
+    // Let the server finish registering the last joins before the first message.
+    usleep(300_000)
+
+    // Assign connections to workers: whole rooms per worker when there are enough rooms.
+    let threads = scenario.threads
+    var perWorker = [[Conn]](repeating: [], count: threads)
+    var senderCount = 0
+    var templateKey: UInt8 = 1
+    for (i, fd) in opened.fds.enumerated() where fd >= 0 {
+        let w = scenario.rooms >= threads ? rooms[i] % threads : i % threads
+        let c = Conn(slot: UInt32(perWorker[w].count), fd: fd, room: rooms[i], senderIndex: senderIndex[i],
+                     sendersPerRoom: scenario.senders, frameSize: scenario.size + 14)
+        if senderIndex[i] >= 0 {
+            templateKey = templateKey &+ 37
+            c.template = Payload.Template(size: scenario.size, key: (templateKey, 0x5A, templateKey ^ 0xA5, 0x3C))
+            senderCount += 1
+        }
+        perWorker[w].append(c)
+    }
+    let start = monotonicNanos() + 100_000_000
+    let measureStart = start + UInt64(scenario.warmup * 1e9)
+    let clock = RunClock(start: start, measureStart: measureStart, measureEnd: measureStart + UInt64(scenario.duration * 1e9))
+    let shared = SharedState()
+    let workers = perWorker.map { Worker(conns: $0, scenario: scenario, clock: clock, shared: shared, roomSizes: roomSizes) }
+    let finished = DispatchSemaphore(value: 0)
+    for w in workers {
+        let t = Thread {
+            w.run()
+            finished.signal()
+        }
+        t.stackSize = 1 << 20
+        t.start()
+    }
+
+    // Watch: progress, CPU samples at the window's edges, then the drain.
+    var serverCPUStart: Double?
+    var serverCPUEnd: Double?
+    var ownCPUStart = 0.0
+    var ownCPUEnd = 0.0
+    var lastT = monotonicNanos()
+    var lastReceived = 0
+    var phase = 0
+    while true {
+        let now = monotonicNanos()
+        if phase == 0 && now >= clock.measureStart {
+            phase = 1
+            serverCPUStart = serverPid.flatMap(processCPUSeconds)
+            ownCPUStart = ownCPUSeconds()
+        }
+        if phase == 1 && now >= clock.measureEnd {
+            phase = 2
+            serverCPUEnd = serverPid.flatMap(processCPUSeconds)
+            ownCPUEnd = ownCPUSeconds()
+        }
+        let received = shared.received.load(ordering: .relaxed)
+        if now - lastT >= 1_000_000_000 {
+            let rate = Double(received - lastReceived) / (Double(now - lastT) / 1e9)
+            let stage = phase == 0 ? "warm-up" : (phase == 1 ? "measuring" : "draining")
+            let elapsed = Double(Int64(now) - Int64(clock.start)) / 1e9
+            progress.line("[\(label)] \(stage) \(String(format: "%5.1f", elapsed))s  sent \(shared.sent.load(ordering: .relaxed))  "
+                + "delivered \(received)  \(formatCount(rate)) deliveries/s")
+            lastT = now
+            lastReceived = received
+        }
+        if phase == 2 && shared.stoppedWorkers.load(ordering: .acquiring) == threads {
+            let expected = shared.expected.load(ordering: .relaxed)
+            if received >= expected { break }
+            if Double(now - clock.measureEnd) / 1e9 > scenario.drainTimeout { break }
+        }
+        usleep(phase == 2 ? 2_000 : 20_000)
+    }
+    shared.done.store(true, ordering: .releasing)
+    for _ in workers { finished.wait() }
+    progress.end()
+
+    // Aggregate.
+    var total = WorkerTally()
+    var busiest = 0.0
+    for w in workers {
+        let t = w.tally
+        total.sent += t.sent
+        total.received += t.received
+        total.windowDeliveries += t.windowDeliveries
+        total.gaps += t.gaps
+        total.reordered += t.reordered
+        total.foreign += t.foreign
+        total.closed += t.closed
+        total.cpuSeconds += t.cpuSeconds
+        for (k, v) in t.errors { total.errors[k, default: 0] += v }
+        total.histogram.add(t.histogram)
+        if t.windowSeconds > 0 { busiest = max(busiest, t.cpuSeconds / t.windowSeconds) }
+    }
+    var expected = 0
+    for w in workers { for s in w.senders { expected += s.sentCount * roomSizes[s.room] } }
+    let window = scenario.duration
+    let h = total.histogram
+    func us(_ v: UInt64) -> Double { Double(v) / 1000 }
+    var curve: [[Double]] = []
+    if h.totalCount > 0 {
+        var p = 0.0
+        while p < 99.9999 {
+            curve.append([p, us(h.valueAtPercentile(p))])
+            p = 100 - (100 - p) / 1.25   // log steps towards 100
+        }
+        curve.append([100, us(h.max)])
+    }
+    let latency = RunResult.Latency(
+        count: h.totalCount, p50Micros: us(h.valueAtPercentile(50)), p90Micros: us(h.valueAtPercentile(90)),
+        p99Micros: us(h.valueAtPercentile(99)), p999Micros: us(h.valueAtPercentile(99.9)), maxMicros: us(h.max),
+        meanMicros: h.totalCount > 0 ? h.mean / 1000 : 0, curve: curve)
+    let deliveriesPerSecond = Double(total.windowDeliveries) / window
+    var serverCPU: Double?
+    if let a = serverCPUStart, let b = serverCPUEnd { serverCPU = b - a }
+    let benchCPU = ownCPUEnd - ownCPUStart
+    let benchUtil = benchCPU / window
+    // Saturated: the busiest load thread was on CPU nearly all of the window, so the server may
+    // have been waiting for the bench rather than the other way round.
+    let saturated = busiest > 0.9
+    var failures: [String] = []
+    let lost = max(0, expected - total.received)
+    if opened.failed > 0 { failures.append("\(opened.failed) connection(s) failed: \(opened.errors.map { "\($0.key) ×\($0.value)" }.joined(separator: ", "))") }
+    if lost > 0 { failures.append("\(lost) deliveries lost") }
+    if total.gaps > 0 { failures.append("\(total.gaps) sequence gaps") }
+    if total.reordered > 0 { failures.append("\(total.reordered) reordered or duplicated messages") }
+    if total.foreign > 0 { failures.append("\(total.foreign) messages not from this run's senders") }
+    if total.closed > 0 { failures.append("\(total.closed) connection(s) closed during the run: \(total.errors.map { "\($0.key) ×\($0.value)" }.joined(separator: ", "))") }
+    if total.sent == 0 { failures.append("no message was sent") }
+    let established = opened.fds.filter { $0 >= 0 }.count
+    return RunResult(
+        label: label, url: endpoint.description, scenario: scenario,
+        connectionsRequested: paths.count, connectionsEstablished: established, connectionsFailed: opened.failed,
+        connectSeconds: opened.seconds, connectRate: Double(established) / max(opened.seconds, 1e-9),
+        messagesSent: total.sent, deliveriesExpected: expected, deliveriesReceived: total.received,
+        lost: lost, gaps: total.gaps, reordered: total.reordered, foreign: total.foreign,
+        closedDuringRun: total.closed, errors: total.errors.merging(opened.errors) { $0 + $1 },
+        windowSeconds: window, deliveriesPerSecond: deliveriesPerSecond,
+        messagesPerSecond: deliveriesPerSecond / Double(max(1, scenario.clientsPerRoom)),
+        latency: latency, serverPid: serverPid, serverCPUSeconds: serverCPU,
+        serverCPUSecondsPerMillionDeliveries: serverCPU.map { $0 / max(Double(total.windowDeliveries), 1) * 1e6 },
+        serverCPUMicrosecondsPerDelivery: serverCPU.map { $0 / max(Double(total.windowDeliveries), 1) * 1e6 },
+        serverCPUUtilization: serverCPU.map { $0 / window },
+        benchCPUSeconds: benchCPU, benchCPUUtilization: benchUtil, benchBusiestThreadUtilization: busiest,
+        benchSaturated: saturated, passed: failures.isEmpty, failures: failures)
+}
