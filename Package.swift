@@ -12,6 +12,7 @@ let package = Package(
         .executable(name: "stateroom-bench", targets: ["stateroom-bench"]),
         // For the micro-benchmark package in Benchmarks/ (kept out of this package's build).
         .library(name: "WireProtocol", targets: ["WireProtocol"]),
+        .library(name: "WasmHost", targets: ["WasmHost"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
