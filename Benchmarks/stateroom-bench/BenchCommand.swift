@@ -60,6 +60,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Extra variant NAME=COMMAND for --compare ({port} is replaced); repeatable.") var variant: [String] = []
 
     @Flag(help: "Print JSON on standard output instead of tables.") var json = false
+    @Option(help: "Also write the JSON report to this file (tables stay on the terminal).") var jsonFile: String?
     @Option(help: "Write the latency percentile curves to this SVG file.") var chart: String?
     @Flag(help: "No live progress on standard error.") var quiet = false
 
@@ -126,7 +127,9 @@ struct BenchCommand: ParsableCommand {
             results.append(r)
             if !json { print(Report.table(r) + "\n") }
         }
-        if json { print(Report.json(results.count == 1 ? AnyEncodable(results[0]) : AnyEncodable(results))) }
+        let body = Report.json(results.count == 1 ? AnyEncodable(results[0]) : AnyEncodable(results))
+        if json { print(body) }
+        if let jsonFile { try body.write(toFile: jsonFile, atomically: true, encoding: .utf8) }
         if let chart {
             try Chart.svg(title: "stateroom-bench latency", series: results.map { ($0.label, $0.latency.curve) })
                 .write(toFile: chart, atomically: true, encoding: .utf8)
@@ -231,6 +234,7 @@ struct BenchCommand: ParsableCommand {
             }
         }
         if json { print(Report.json(reports)) }
+        if let jsonFile { try Report.json(reports).write(toFile: jsonFile, atomically: true, encoding: .utf8) }
         if let chart {
             var series: [(name: String, curve: [[Double]])] = []
             for r in reports {
