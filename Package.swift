@@ -10,6 +10,7 @@ let package = Package(
         .library(name: "Stateroom", targets: ["Stateroom"]),
         .executable(name: "stateroom-server", targets: ["stateroom-server"]),
         .executable(name: "stateroom-bench", targets: ["stateroom-bench"]),
+        .executable(name: "stateroom", targets: ["stateroom"]),
         // For the micro-benchmark package in Benchmarks/ (kept out of this package's build).
         .library(name: "WireProtocol", targets: ["WireProtocol"]),
         .library(name: "WasmHost", targets: ["WasmHost"]),
@@ -80,6 +81,24 @@ let package = Package(
             path: "Benchmarks/stateroom-bench",
             swiftSettings: strict
         ),
+        // The Swift guest SDK's codec, dispatch and script tools, compiled natively (tests, the
+        // `stateroom` CLI). `stateroom build` compiles the same files for wasm32 with Embedded Swift,
+        // together with the wasm-only Guest/ and Entry/ glue and the C runtime/.
+        .target(
+            name: "StateroomWasm",
+            dependencies: ["Stateroom"],
+            exclude: ["Guest", "Entry", "Native", "runtime"],
+            swiftSettings: strict
+        ),
+        .executableTarget(
+            name: "stateroom",
+            dependencies: [
+                "StateroomServer", "WasmHost", "StateroomWasm", "Stateroom",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict
+        ),
         .testTarget(name: "WireProtocolTests", dependencies: ["WireProtocol"], swiftSettings: strict),
         .testTarget(name: "IOCoreTests", dependencies: ["IOCore"], swiftSettings: strict),
         .testTarget(
@@ -93,5 +112,6 @@ let package = Package(
             resources: [.copy("Fixtures")],
             swiftSettings: strict
         ),
+        .testTarget(name: "StateroomWasmTests", dependencies: ["StateroomWasm", "Stateroom"], swiftSettings: strict),
     ]
 )

@@ -1,0 +1,38 @@
+import Stateroom
+
+/// Stateroom's chat: everyone starts as `clientN`, renames with `/nick NAME`, and the room hears
+/// who joins, who speaks and who leaves.
+struct Chat: StateroomService {
+    var nicknames: [ClientId: String] = [:]
+
+    func name(of client: ClientId) -> String {
+        nicknames[client] ?? "client\(client.rawValue)"
+    }
+
+    mutating func connect(client: ClientId, context: some StateroomContext) {
+        let name = "client\(client.rawValue)"
+        context.send("Welcome, \(name)!", to: .client(client))
+        context.send("\(name) has joined the chat", to: .everyoneExcept(client))
+        nicknames[client] = name
+    }
+
+    mutating func disconnect(client: ClientId, context: some StateroomContext) {
+        let name = nicknames.removeValue(forKey: client) ?? "client\(client.rawValue)"
+        context.send("\(name) has left the chat", to: .broadcast)
+    }
+
+    mutating func message(client: ClientId, message: MessagePayload, context: some StateroomContext) {
+        guard let text = message.text else { return }
+        let name = name(of: client)
+        if text.hasPrefix("/nick ") {
+            let newName = String(text.dropFirst(6))
+            guard !newName.isEmpty else { return }
+            nicknames[client] = newName
+            context.send("\(name) is now known as \(newName)", to: .broadcast)
+        } else {
+            context.send("\(name): \(text)", to: .broadcast)
+        }
+    }
+}
+
+typealias StateroomMain = Chat  // this module's service: what `stateroom build` serves

@@ -1,0 +1,20 @@
+import Stateroom
+
+/// The seed's shared counter: `increment` and `decrement` change the room's value, which is then
+/// broadcast to every client as `new value: N`. Other messages are ignored.
+struct SharedCounter: StateroomService {
+    var value = 0
+
+    mutating func message(client: ClientId, message: MessagePayload, context: some StateroomContext) {
+        if message.isText("increment") {
+            value += 1
+        } else if message.isText("decrement") {
+            value -= 1
+        } else {
+            return
+        }
+        context.send("new value: \(value)", to: .broadcast)
+    }
+}
+
+typealias StateroomMain = SharedCounter  // this module's service: what `stateroom build` serves

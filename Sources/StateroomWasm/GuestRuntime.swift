@@ -1,0 +1,88 @@
+#if !STATEROOM_GUEST
+import Stateroom
+#endif
+
+/// Where a guest's requests go: in a wasm module, the host import `env.stateroom_send`; in native
+/// tests, a recorder.
+public protocol GuestOutput {
+    /// Takes one bincode-encoded `MessageFromProcess`. The bytes are valid only during the call.
+    func emit(_ encoded: UnsafeRawBufferPointer)
+    /// The service gave up its room (``StateroomContext/closeRoom(reason:)``). The ABI has no
+    /// message for it: a wasm guest logs `reason` to stderr and traps, which makes the host close
+    /// the room's clients with 1011.
+    func closeRoom(reason: String)
+}
+
+/// The scratch buffer a context encodes into, reused for every message of a room.
+public final class GuestEncodeBuffer {
+    /// The writer; its storage is kept between messages.
+    public var writer = BincodeWriter(capacity: 256)
+    public init() {}
+}
+
+/// The ``StateroomContext`` a guest's service receives: each call becomes one encoded
+/// `MessageFromProcess` handed to the output.
+public struct GuestContext<Output: GuestOutput>: StateroomContext {
+    /// The output every request goes to.
+    public let output: Output
+    let buffer: GuestEncodeBuffer
+
+    /// A context writing to `output`, encoding in `buffer`.
+    public init(output: Output, buffer: GuestEncodeBuffer = GuestEncodeBuffer()) {
+        self.output = output
+        self.buffer = buffer
+    }
+
+    public func send(_ message: MessagePayload, to recipient: MessageRecipient) {
+        emit(.send(recipient, message))
+    }
+
+    public func setTimer(milliseconds: UInt32) {
+        emit(.setTimer(milliseconds: milliseconds))
+    }
+
+    public func closeRoom(reason: String) {
+        output.closeRoom(reason: reason)
+    }
+
+    private func emit(_ command: GuestCommand) {
+        buffer.writer.removeAll()
+        command.encode(into: &buffer.writer)
+        buffer.writer.bytes.withUnsafeBytes { output.emit($0) }
+    }
+}
+
+/// One room's guest: its service and the dispatch of the ABI's events to it.
+///
+/// In a wasm module, `stateroom_recv` hands every delivered buffer to ``receive(_:)``; native
+/// tests do the same with a recording output, so the dispatch tested natively is the one that
+/// runs in the module.
+public struct GuestRuntime<Service: StateroomService, Output: GuestOutput> {
+    /// The room's service.
+    public var service: Service
+    /// The context every callback gets.
+    public let context: GuestContext<Output>
+
+    /// A runtime for `service` whose requests go to `output`.
+    public init(service: Service, output: Output) {
+        self.service = service
+        self.context = GuestContext(output: output)
+    }
+
+    /// Decodes one `MessageToProcess` and calls the matching callback of the service.
+    /// A payload is a view of `bytes`, valid during the callback only (as natively).
+    public mutating func receive(_ bytes: UnsafeRawBufferPointer) throws(BincodeError) {
+        dispatch(try GuestEvent(decoding: bytes))
+    }
+
+    /// Calls the callback matching `event`.
+    public mutating func dispatch(_ event: GuestEvent) {
+        switch event {
+        case .initialize: service.initialize(context: context)
+        case .connect(let client): service.connect(client: client, context: context)
+        case .disconnect(let client): service.disconnect(client: client, context: context)
+        case .message(let client, let payload): service.message(client: client, message: payload, context: context)
+        case .timer: service.timer(context: context)
+        }
+    }
+}
