@@ -31,8 +31,7 @@ public struct BincodeReader {
     /// Reads a little-endian `u32`.
     public mutating func readUInt32() throws(BincodeError) -> UInt32 {
         guard bytes.count - offset >= 4 else { throw .truncated(offset: offset) }
-        var v: UInt32 = 0
-        for i in 0..<4 { v |= UInt32(bytes[offset + i]) << (8 * UInt32(i)) }
+        let v = UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
         offset += 4
         return v
     }
@@ -40,8 +39,7 @@ public struct BincodeReader {
     /// Reads a little-endian `u64`.
     public mutating func readUInt64() throws(BincodeError) -> UInt64 {
         guard bytes.count - offset >= 8 else { throw .truncated(offset: offset) }
-        var v: UInt64 = 0
-        for i in 0..<8 { v |= UInt64(bytes[offset + i]) << (8 * UInt64(i)) }
+        let v = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
         offset += 8
         return v
     }

@@ -13,11 +13,28 @@ public protocol GuestOutput {
     func closeRoom(reason: String)
 }
 
-/// The scratch buffer a context encodes into, reused for every message of a room.
+/// The scratch memory a context encodes into, reused for every message of a room: requests are
+/// written with plain stores (no `Array` bookkeeping), which matters in an interpreted guest.
 public final class GuestEncodeBuffer {
-    /// The writer; its storage is kept between messages.
-    public var writer = BincodeWriter(capacity: 256)
-    public init() {}
+    private var storage: UnsafeMutableRawPointer
+    private var capacity: Int
+
+    public init(capacity: Int = 256) {
+        self.capacity = max(64, capacity)
+        storage = UnsafeMutableRawPointer.allocate(byteCount: self.capacity, alignment: 8)
+    }
+
+    deinit { storage.deallocate() }
+
+    /// Memory for at least `count` bytes, valid until the next call.
+    func reserve(_ count: Int) -> UnsafeMutableRawPointer {
+        if count > capacity {
+            storage.deallocate()
+            capacity = max(count, capacity * 2)
+            storage = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 8)
+        }
+        return storage
+    }
 }
 
 /// The ``StateroomContext`` a guest's service receives: each call becomes one encoded
@@ -33,22 +50,43 @@ public struct GuestContext<Output: GuestOutput>: StateroomContext {
         self.buffer = buffer
     }
 
+    /// Encodes `Message { recipient, message }` (the layout ``GuestCommand/encode(into:)`` writes)
+    /// straight into the scratch memory and emits it.
     public func send(_ message: MessagePayload, to recipient: MessageRecipient) {
-        emit(.send(recipient, message))
+        message.withUnsafeBytes { payload in
+            let tag: UInt32, client: UInt32?
+            switch recipient {
+            case .broadcast: tag = 0; client = nil
+            case .client(let c): tag = 1; client = c.rawValue
+            case .everyoneExcept(let c): tag = 2; client = c.rawValue
+            }
+            let head = client == nil ? 20 : 24  // variant, recipient (+ id), payload kind, length
+            let p = buffer.reserve(head + payload.count)
+            p.storeBytes(of: UInt32(0).littleEndian, as: UInt32.self)
+            p.storeBytes(of: tag.littleEndian, toByteOffset: 4, as: UInt32.self)
+            var o = 8
+            if let client {
+                p.storeBytes(of: client.littleEndian, toByteOffset: 8, as: UInt32.self)
+                o = 12
+            }
+            p.storeBytes(of: UInt32(message.isText ? 1 : 0).littleEndian, toByteOffset: o, as: UInt32.self)
+            p.storeBytes(of: UInt64(payload.count).littleEndian, toByteOffset: o + 4, as: UInt64.self)
+            if let base = payload.baseAddress, payload.count > 0 {
+                (p + head).copyMemory(from: base, byteCount: payload.count)
+            }
+            output.emit(UnsafeRawBufferPointer(start: p, count: head + payload.count))
+        }
     }
 
     public func setTimer(milliseconds: UInt32) {
-        emit(.setTimer(milliseconds: milliseconds))
+        let p = buffer.reserve(8)
+        p.storeBytes(of: UInt32(1).littleEndian, as: UInt32.self)
+        p.storeBytes(of: milliseconds.littleEndian, toByteOffset: 4, as: UInt32.self)
+        output.emit(UnsafeRawBufferPointer(start: p, count: 8))
     }
 
     public func closeRoom(reason: String) {
         output.closeRoom(reason: reason)
-    }
-
-    private func emit(_ command: GuestCommand) {
-        buffer.writer.removeAll()
-        command.encode(into: &buffer.writer)
-        buffer.writer.bytes.withUnsafeBytes { output.emit($0) }
     }
 }
 
