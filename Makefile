@@ -55,3 +55,16 @@ bench-compare: build
 	@dpkg-query -W -f='$${Status}' libuv1 2>/dev/null | grep -q "ok installed" || apt-get install -y -qq libuv1
 	@$(PYTHON) -c "import socketify" 2>/dev/null || $(PYTHON) -m pip install -q --disable-pip-version-check socketify
 	taskset -c 1 .build/release/stateroom-bench --scenario all --compare ours --rounds 3 --chart bench-latency.svg
+
+# Swift services compiled to wasm (Examples/*, README "Services in Swift, compiled to wasm"):
+# `make examples` builds the stateroom CLI and every example to Examples/<name>/dist/<name>.wasm
+# (release; up-to-date modules are not rebuilt). `make guest-bench` prints module sizes, build
+# times and the per-message cost of each example compiled to wasm vs natively.
+STATEROOM_CLI := .build/release/stateroom
+.PHONY: examples guest-bench
+examples:
+	$(SWIFT) build -c release --product stateroom
+	@for d in Examples/*/; do $(STATEROOM_CLI) build --release --path $$d || exit 1; done
+
+guest-bench: examples
+	Examples/guest-bench.sh
