@@ -20,7 +20,7 @@ trap 'rm -f "$SCRIPT"' EXIT
 
 # example folder, module name, message timed, setup script lines
 bench() {
-  dir=Examples/$1; name=$2; text=$3; shift 3
+  example=$1; dir=Examples/$1; name=$2; text=$3; shift 3
   printf '%s\n' "$@" > "$SCRIPT"
   t0=$(date +%s.%N); $CLI build --force --path "$dir" > /dev/null; t1=$(date +%s.%N)
   debug_size=$(stat -c %s "$dir/dist/$name.wasm")
@@ -29,7 +29,7 @@ bench() {
   $CLI build --release --native --path "$dir" > /dev/null
   native=$("$dir/dist/$name-native" --bench "$text" --count "$COUNT" --rounds "$ROUNDS" "$SCRIPT" | sed 's/.*: \([0-9.]*\) ns.*/\1/')
   wasm=$($CLI replay "$dir/dist/$name.wasm" --bench "$text" --count "$COUNT" --rounds "$ROUNDS" "$SCRIPT" | sed 's/.*: \([0-9.]*\) ns.*/\1/')
-  printf '| %s | %s KB | %s KB | %.1f s | %.1f s | `%s` | %s ns | %s ns | %.0fx |\n' "$1" \
+  printf '| %s | %s KB | %s KB | %.1f s | %.1f s | `%s` | %s ns | %s ns | %.0fx |\n' "$example" \
     $((release_size / 1024)) $((debug_size / 1024)) "$(echo "$t2 - $t1" | bc)" "$(echo "$t1 - $t0" | bc)" \
     "$text" "$native" "$wasm" "$(echo "$wasm / $native" | bc -l)"
 }
