@@ -68,17 +68,3 @@ examples:
 
 guest-bench: examples
 	Examples/guest-bench.sh
-
-# Benchmarks (Benchmarks/README.md). `make bench` runs the micro-benchmarks (ordo-one/benchmark),
-# which live in their own package so that they stay out of `make test`'s build.
-# `make bench-compare` runs every load scenario against our server and uWebSockets (socketify),
-# interleaved rounds, server on CPU 0 and the bench on CPU 1.
-.PHONY: bench bench-compare
-bench:
-	cd Benchmarks && $(SWIFT) package benchmark
-
-bench-compare: build
-	$(SWIFT) build -c release --product stateroom-bench
-	@dpkg-query -W -f='$${Status}' libuv1 2>/dev/null | grep -q "ok installed" || apt-get install -y -qq libuv1
-	@$(PYTHON) -c "import socketify" 2>/dev/null || $(PYTHON) -m pip install -q --disable-pip-version-check socketify
-	taskset -c 1 .build/release/stateroom-bench --scenario all --compare ours --rounds 3 --chart bench-latency.svg
