@@ -210,8 +210,13 @@ extension StateroomCommand {
         var arguments: [String] = []
 
         func run() throws {
-            var logger = Logger(label: "stateroom")
-            logger.logLevel = .warning
+            // Guest output (`print`, a closeRoom reason) and failures go to stderr; the transcript to stdout.
+            LoggingSystem.bootstrap { label in
+                var h = StreamLogHandler.standardError(label: label)
+                h.logLevel = .info
+                return h
+            }
+            let logger = Logger(label: "stateroom")
             let status = try Self.replay(module: module, arguments: arguments, logger: logger)
             if status != 0 { throw ExitCode(status) }
         }

@@ -367,6 +367,68 @@ def test_dev_rebuilds_and_reloads_on_a_source_change(cli_process, tmp_path):
     run(still_serving())
 
 
+GUEST_FEATURES = r"""
+import Stateroom
+
+/// Arrays, sets, dictionaries, interpolation, print and closeRoom inside a guest.
+final class Notebook: StateroomService {
+    var lines: [String] = []
+    var words: Set<String> = []
+    var perClient: [ClientId: [Int]] = [:]
+
+    func message(client: ClientId, message: MessagePayload, context: some StateroomContext) {
+        guard let text = message.text else {
+            context.send(binary: message.bytes.reversed(), to: .client(client))
+            return
+        }
+        if text == "quit" {
+            context.closeRoom(reason: "\(client) asked to quit after \(lines.count) lines")
+        }
+        lines.append(text)
+        for w in text.split(separator: " ") { words.insert(String(w)) }
+        perClient[client, default: []].append(text.count)
+        print("note from \(client): \(text)")
+        let sizes = perClient[client]!.map { String($0) }.joined(separator: ",")
+        context.send("\(lines.count) lines, \(words.count) words; sizes \(sizes)", to: .broadcast)
+    }
+}
+
+typealias StateroomMain = Notebook
+"""
+
+
+def test_collections_print_and_close_room_work_in_a_guest(cli, server_factory, tmp_path):
+    folder = tmp_path / "notebook"
+    folder.mkdir()
+    (folder / "Notebook.swift").write_text(GUEST_FEATURES)
+    stateroom(cli, "build", "--release", cwd=folder)
+    server = server_factory("--wasm", str(folder / "dist" / "notebook.wasm"), shards=1)
+
+    async def main():
+        async with ws_connect(server.ws_url("n")) as a, ws_connect(server.ws_url("n")) as b:
+            await a.send("hello big world")
+            await expect(a, "1 lines, 3 words; sizes 15")
+            await expect(b, "1 lines, 3 words; sizes 15")
+            await b.send("hello again")
+            await expect(a, "2 lines, 4 words; sizes 11")
+            await expect(b, "2 lines, 4 words; sizes 11")
+            await a.send("big")
+            await expect(a, "3 lines, 4 words; sizes 15,3")
+            await expect(b, "3 lines, 4 words; sizes 15,3")
+            await a.send(bytes([1, 2, 3]))
+            await expect(a, bytes([3, 2, 1]))
+            await b.send("quit")  # closeRoom: the guest logs the reason and traps -> 1011
+            assert await close_code(a) == 1011
+            assert await close_code(b) == 1011
+    run(main())
+    deadline = time.monotonic() + 5
+    while "asked to quit" not in server.stderr_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log = server.stderr_text()
+    assert "note from ClientId(1): hello big world" in log, log  # print -> the server's log
+    assert "closeRoom: ClientId(2) asked to quit after 3 lines" in log, log
+
+
 # --------------------------------------------------------------------------------------------
 # one source, two compilers: native and wasm transcripts agree
 # --------------------------------------------------------------------------------------------
