@@ -30,7 +30,7 @@ deps:
 	@$(PYTHON) -c "import websockets, pytest" 2>/dev/null || \
 		$(PYTHON) -m pip install -q --disable-pip-version-check -r Tests/e2e/requirements.txt
 
-test: deps build unit-test e2e-test
+test: deps build examples unit-test e2e-test
 
 unit-test:
 	$(SWIFT) test
