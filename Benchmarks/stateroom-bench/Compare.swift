@@ -27,6 +27,7 @@ struct Medians: Codable, Sendable {
     var lost: Int
     var reordered: Int
     var failedRuns: Int
+    var disturbedRuns: Int
 }
 
 struct VariantReport: Codable, Sendable {
@@ -75,7 +76,8 @@ func medians(_ runs: [RunResult]) -> Medians {
         benchSaturatedRuns: runs.filter(\.benchSaturated).count,
         lost: runs.map(\.lost).reduce(0, +),
         reordered: runs.map { $0.reordered + $0.gaps }.reduce(0, +),
-        failedRuns: runs.filter { !$0.passed }.count)
+        failedRuns: runs.filter { !$0.passed }.count,
+        disturbedRuns: runs.filter(\.disturbed).count)
 }
 
 /// Runs every variant of `group` on `scenario` for `rounds` interleaved rounds (ABBA order, a fresh
@@ -89,13 +91,21 @@ func runComparison(_ group: ComparisonGroup, scenario: Scenario, scenarioName: S
             let order = round % 2 == 0 ? Array(group.variants.indices) : group.variants.indices.reversed()
             for i in order {
                 let v = group.variants[i]
-                waitForQuietMachine(log: log)
                 do {
-                    let server = try SpawnedServer(command: v.command)
-                    defer { server.stop() }
                     let label = "\(scenarioName) \(v.name) r\(round + 1)"
-                    let r = try runScenario(scenario, endpoint: Endpoint(host: "127.0.0.1", port: server.port),
+                    var attempt = 0
+                    var r: RunResult
+                    // A run during which a compiler ran is repeated (up to 3 times; the last is kept
+                    // and marked `disturbed`).
+                    repeat {
+                        attempt += 1
+                        waitForQuietMachine(log: log)
+                        let server = try SpawnedServer(command: v.command)
+                        defer { server.stop() }
+                        r = try runScenario(scenario, endpoint: Endpoint(host: "127.0.0.1", port: server.port),
                                             label: label, serverPid: server.pid, progress: progress)
+                        if r.disturbed { log("  \(label): a compiler ran during the run\(attempt < 3 ? "; repeating it" : "; kept, marked disturbed")") }
+                    } while r.disturbed && attempt < 3
                     var named = r
                     named.label = v.name
                     runs[i].append(named)
@@ -147,6 +157,9 @@ func comparisonTable(_ g: GroupReport) -> String {
         out += "ratio \(r.variant) / \(r.baseline): deliveries/s \(String(format: "%.2f", r.deliveriesPerSecond))×, "
             + "p50 \(String(format: "%.2f", r.p50))×, p99 \(String(format: "%.2f", r.p99))×, "
             + "server CPU per delivery \(r.serverCPUPerDelivery.map { String(format: "%.2f", $0) + "×" } ?? "n/a")\n"
+    }
+    if g.variants.contains(where: { $0.median.disturbedRuns > 0 }) {
+        out += "WARNING: a compiler ran on the machine during some runs (marked disturbed in the JSON).\n"
     }
     if g.variants.contains(where: { $0.median.benchSaturatedRuns > 0 }) {
         out += "WARNING: the bench was saturated in some runs: compare by server CPU per delivery, not deliveries/s.\n"

@@ -34,6 +34,9 @@ enum Report {
         rows.append(("result", r.passed ? "PASS" : "FAIL: " + r.failures.joined(separator: "; ")))
         let w = rows.map { $0.0.count }.max() ?? 0
         var out = rows.map { $0.0.padding(toLength: w, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(separator: "\n")
+        if r.disturbed {
+            out += "\n\nWARNING: a compiler (swift-build/swift-frontend) ran on this machine during the run: the numbers are suspect."
+        }
         if r.benchSaturated {
             out += "\n\nWARNING: the bench was saturated (a load thread busy \(Int(100 * r.benchBusiestThreadUtilization))% of the window): "
                 + "deliveries/s and latency may show the bench, not the server. Compare servers by CPU per delivery, "

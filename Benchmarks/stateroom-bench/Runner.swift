@@ -35,6 +35,9 @@ struct RunResult: Codable, Sendable {
     var benchCPUUtilization: Double
     var benchBusiestThreadUtilization: Double
     var benchSaturated: Bool
+    /// A compiler (swift-build / swift-frontend) ran on the machine during the run: its numbers are
+    /// suspect (``--compare`` repeats such runs).
+    var disturbed: Bool
     var passed: Bool
     var failures: [String]
 
@@ -144,6 +147,8 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
     var lastT = monotonicNanos()
     var lastReceived = 0
     var phase = 0
+    var disturbed = false
+    var lastDisturbanceCheck: UInt64 = 0
     while true {
         let now = monotonicNanos()
         if phase == 0 && now >= clock.measureStart {
@@ -157,6 +162,10 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
             ownCPUEnd = ownCPUSeconds()
         }
         let received = shared.received.load(ordering: .relaxed)
+        if phase < 2 && !disturbed && now - lastDisturbanceCheck >= 500_000_000 {
+            lastDisturbanceCheck = now
+            disturbed = compilerRunning()
+        }
         if now - lastT >= 1_000_000_000 {
             let rate = Double(received - lastReceived) / (Double(now - lastT) / 1e9)
             let stage = phase == 0 ? "warm-up" : (phase == 1 ? "measuring" : "draining")
@@ -244,5 +253,5 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
         serverCPUMicrosecondsPerDelivery: serverCPU.map { $0 / max(Double(total.windowDeliveries), 1) * 1e6 },
         serverCPUUtilization: serverCPU.map { $0 / window },
         benchCPUSeconds: benchCPU, benchCPUUtilization: benchUtil, benchBusiestThreadUtilization: busiest,
-        benchSaturated: saturated, passed: failures.isEmpty, failures: failures)
+        benchSaturated: saturated, disturbed: disturbed, passed: failures.isEmpty, failures: failures)
 }
