@@ -180,6 +180,15 @@ int cu_accept_nonblocking(int fd) {
 
 int cu_epoll_create(void) { return epoll_create1(EPOLL_CLOEXEC); }
 
+int cu_allowed_cpus(int *out, int max) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (sched_getaffinity(0, sizeof(set), &set) != 0) return 0;
+    int n = 0;
+    for (int i = 0; i < CPU_SETSIZE && n < max; i++) if (CPU_ISSET(i, &set)) out[n++] = i;
+    return n;
+}
+
 int cu_epoll_ctl(int epfd, int op, int fd, uint32_t events, uint64_t data) {
     struct epoll_event ev;
     ev.events = events;

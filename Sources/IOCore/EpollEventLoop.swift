@@ -31,6 +31,7 @@ public final class EpollEventLoop: EventLoopBackend {
     private let events: UnsafeMutablePointer<cu_epoll_event>
     private let maxEvents: Int32 = 256
     private var starved = false
+    private var ownedMessages = Set<UnsafeMutablePointer<msghdr>>()
 
     public init(_ config: EventLoopConfiguration) throws {
         epfd = cu_epoll_create()
@@ -101,6 +102,32 @@ public final class EpollEventLoop: EventLoopBackend {
         }
     }
 
+    public func send(fd: Int32, bytes: UnsafeRawPointer, count: Int, tag: Tag) {
+        let n = Glibc.send(fd, bytes, count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
+        if n >= 0 {
+            ready.append(Completion(tag: tag, result: Int32(n), bufferID: nil, more: false))
+        } else if errno == EAGAIN || errno == EWOULDBLOCK {
+            // Finish it as a one-iovec sendmsg when the socket turns writable.
+            let iov = UnsafeMutablePointer<iovec>.allocate(capacity: 1)
+            iov.pointee = iovec(iov_base: UnsafeMutableRawPointer(mutating: bytes), iov_len: count)
+            let msg = UnsafeMutablePointer<msghdr>.allocate(capacity: 1)
+            msg.pointee = msghdr()
+            msg.pointee.msg_iov = iov
+            msg.pointee.msg_iovlen = 1
+            ownedMessages.insert(msg)
+            withWatch(fd) { $0.sendTag = tag; $0.sendMessage = msg }
+        } else {
+            ready.append(Completion(tag: tag, result: -errno, bufferID: nil, more: false))
+        }
+    }
+
+    /// Frees a `msghdr` this loop made for a single-buffer send that had to wait.
+    private func releaseOwned(_ msg: UnsafeMutablePointer<msghdr>?) {
+        guard let msg, ownedMessages.remove(msg) != nil else { return }
+        msg.pointee.msg_iov.deallocate()
+        msg.deallocate()
+    }
+
     public func readWake(fd: Int32, into: UnsafeMutableRawPointer, tag: Tag) {
         withWatch(fd) { $0.wakeTag = tag; $0.wakeInto = into }
     }
@@ -121,6 +148,7 @@ public final class EpollEventLoop: EventLoopBackend {
         let i = Int(fd)
         guard i < watches.count else { return }
         if watches[i].registered { _ = cu_epoll_ctl(epfd, CU_EPOLL_CTL_DEL, fd, 0, 0) }
+        releaseOwned(watches[i].sendMessage)
         watches[i] = Watch()
     }
 
@@ -206,8 +234,11 @@ public final class EpollEventLoop: EventLoopBackend {
         if writable, let tag = w.sendTag, let msg = w.sendMessage {
             let n = sendmsg(fd, msg, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT))
             if n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK) {
+                let e = errno
                 watches[i].sendTag = nil
                 watches[i].sendMessage = nil
+                releaseOwned(msg)
+                errno = e
                 ready.append(Completion(tag: tag, result: n >= 0 ? Int32(n) : -errno, bufferID: nil, more: false))
             }
         }

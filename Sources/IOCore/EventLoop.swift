@@ -36,6 +36,9 @@ public protocol EventLoopBackend: AnyObject {
     /// `sendmsg`; at most one in flight per socket. `message` and its iovecs must stay alive and
     /// untouched until the completion arrives (the kernel reads them until then).
     func send(fd: Int32, message: UnsafeMutablePointer<msghdr>, tag: Tag)
+    /// `send` of one buffer (cheaper than `sendmsg` when one frame is queued). The bytes stay alive
+    /// and untouched until the completion arrives.
+    func send(fd: Int32, bytes: UnsafeRawPointer, count: Int, tag: Tag)
     /// Reads 8 bytes from an eventfd into `into` (kept alive by the caller until completion).
     func readWake(fd: Int32, into: UnsafeMutableRawPointer, tag: Tag)
     /// Cancels the operation(s) carrying `target`; the target then completes (with -ECANCELED).

@@ -80,6 +80,13 @@ public enum Socket {
 
     /// CPUs this process may run on.
     public static var availableCPUs: Int { Int(cu_available_cpus()) }
+
+    /// The numbers of the CPUs this process may run on (its affinity mask), in order.
+    public static var allowedCPUs: [Int] {
+        var buf = [Int32](repeating: 0, count: 1024)
+        let n = Int(cu_allowed_cpus(&buf, 1024))
+        return buf[0..<n].map(Int.init)
+    }
 }
 
 /// An eventfd: the cross-thread doorbell of a shard's mailbox.

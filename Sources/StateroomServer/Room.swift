@@ -5,8 +5,8 @@ final class Room {
     let id: String
     var service: any StateroomService
     /// Open members, for fan-out. A member knows its index (swap-remove on leave).
-    var members: [Connection] = []
-    var byId: [ClientId: Connection] = [:]
+    @exclusivity(unchecked) var members: [Connection] = []
+    @exclusivity(unchecked) var byId: [ClientId: Connection] = [:]
     var nextClientId: UInt32 = 1
     /// Bumped whenever the timer is set or the room ends; a timer entry with an older token is stale.
     var timerToken: UInt64 = 0

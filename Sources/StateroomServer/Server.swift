@@ -79,10 +79,11 @@ public final class Server: @unchecked Sendable {
             s.allStats = stats
             shards.append(s)
         }
-        let cpus = Socket.availableCPUs
+        // Pin shard i to the i-th CPU this process may use (respecting taskset/cgroup masks).
+        let cpus = Socket.allowedCPUs
         let latch = StartLatch()
         for (i, s) in shards.enumerated() {
-            s.start(cpu: config.pinThreads ? i % cpus : nil, ready: latch)
+            s.start(cpu: config.pinThreads && !cpus.isEmpty ? cpus[i % cpus.count] : nil, ready: latch)
         }
         latch.wait(for: shards.count)
         if let failed = shards.first(where: { $0.startError != nil }), let err = failed.startError {

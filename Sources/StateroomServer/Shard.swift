@@ -38,17 +38,17 @@ final class Shard {
     private var joinHandle: pthread_t?
     /// Set by the shard thread once its loop is up (or failed); read by the starter after `ready` signals.
     nonisolated(unsafe) var startError: Error?
-    private var counters = [Int](repeating: 0, count: ShardStats.Counter.allCases.count)
+    @exclusivity(unchecked) private var counters = [Int](repeating: 0, count: ShardStats.Counter.allCases.count)
 
-    private var conns: [Connection?] = []
-    private var generations: [UInt32] = []
+    @exclusivity(unchecked) private var conns: [Connection?] = []
+    @exclusivity(unchecked) private var generations: [UInt32] = []
     private var freeSlots: [UInt32] = []
     private var rooms: [String: Room] = [:]
-    private var dirty: [Connection] = []
-    private var pendingLeaves: [Connection] = []
-    private var failedRooms: [Room] = []
-    private var timers = TimerQueue()
-    private var sendSpaces: [UnsafeMutableRawPointer] = []
+    @exclusivity(unchecked) private var dirty: [Connection] = []
+    @exclusivity(unchecked) private var pendingLeaves: [Connection] = []
+    @exclusivity(unchecked) private var failedRooms: [Room] = []
+    @exclusivity(unchecked) private var timers = TimerQueue()
+    @exclusivity(unchecked) private var sendSpaces: [UnsafeMutableRawPointer] = []
     private let wakeBuffer = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
     private var running = true
     private var shuttingDown = false
@@ -56,7 +56,7 @@ final class Shard {
     /// Accepting stopped after EMFILE/ENFILE; resumes when a descriptor frees or after a pause.
     private var acceptPaused = false
     private var acceptPauseLogged = false
-    private var now: UInt64 = monotonicNanos()
+    @exclusivity(unchecked) private var now: UInt64 = monotonicNanos()
     private var lastHTTPStatus: [Int: Int] = [:]
 
     static let maxIOV = 64
@@ -672,6 +672,16 @@ final class Shard {
             guard !conn.sendInFlight, conn.state != .dead else { continue }
             if conn.queue.isEmpty {
                 if conn.closeAfterFlush && !conn.writeShut { shutWrite(conn) }
+                continue
+            }
+            if conn.queue.count == 1 {
+                // One frame: a plain send, no msghdr to build or for the kernel to copy.
+                let chunk = conn.queue[conn.queue.startIndex]
+                conn.inFlightChunks = 1
+                conn.sendInFlight = true
+                count(.sendsSubmitted)
+                // Custody: the chunk's frame buffer stays referenced by the queue until handleSend.
+                loop.send(fd: conn.fd, bytes: chunk.buffer.bytes + Int(chunk.offset), count: Int(chunk.length), tag: conn.tag(.send))
                 continue
             }
             let space = conn.sendSpace ?? acquireSendSpace()

@@ -79,6 +79,8 @@ int cu_buf_ring_mask(unsigned entries);
 int cu_pin_thread_to_cpu(int cpu);
 /// Number of CPUs this process may run on (sched_getaffinity + CPU_COUNT).
 int cu_available_cpus(void);
+/// Writes up to `max` CPU numbers this process may run on into `out`; returns how many.
+int cu_allowed_cpus(int *out, int max);
 
 // epoll, for the fallback backend (epoll_event is packed on x86-64, awkward from Swift).
 typedef struct cu_epoll_event {
