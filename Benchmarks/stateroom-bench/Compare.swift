@@ -167,7 +167,7 @@ func comparisonTable(_ g: GroupReport) -> String {
     return out
 }
 
-/// Waits (up to 10 minutes) while a compiler runs on this machine: colleagues' builds would skew
+/// Waits (up to 10 minutes) while a compiler runs on this machine: other builds would skew
 /// the numbers.
 func waitForQuietMachine(log: (String) -> Void) {
     var warned = false
