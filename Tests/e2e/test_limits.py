@@ -82,3 +82,18 @@ def test_client_that_never_finishes_its_request_is_dropped(server_factory):
     assert data == b"", f"expected the server to close the connection, got {data!r}"
     assert waited < 10, "the connection was not dropped after the 1.5 s request timeout"
     s.close()
+
+
+def test_sigterm_closes_clients_with_1001_and_exits_cleanly(server_factory):
+    import signal as _signal
+    server = server_factory(shards=2)
+    ws = wsraw.RawWebSocket.connect(server.host, server.port, "/ws/bye")
+    server.proc.send_signal(_signal.SIGTERM)
+    frames, code = ws.read_until_close(5)
+    assert code == 1001, f"expected close 1001 (going away) on shutdown, got {code}"
+    rc = server.proc.wait(5)
+    # Stopped here on purpose: tell the fixture not to count it as a crash.
+    server.stopped = True
+    server._out.close()
+    server._err.close()
+    assert rc in (0, -_signal.SIGTERM, 128 + _signal.SIGTERM), f"exit status {rc} after SIGTERM"
