@@ -195,7 +195,7 @@ final class Shard {
             armReceive(conn, multishot: false)
         }
         // A client gets this long to send a complete request head (and, kept alive, the next one).
-        timers.schedule(at: now + nanos(config.requestTimeout), .connectionDeadline(slot: slot, generation: conn.generation))
+        timers.schedule(at: now + nanos(config.requestTimeout), .requestDeadline(slot: slot, generation: conn.generation))
     }
 
     private func armReceive(_ conn: Connection, multishot: Bool) {
@@ -821,9 +821,14 @@ final class Shard {
             case .heartbeat:
                 heartbeat()
                 timers.schedule(at: now + nanos(config.heartbeatInterval), .heartbeat)
+            case .requestDeadline(let slot, let generation):
+                if let conn = connection(for: Tag(op: .recv, slot: slot, generation: generation)),
+                   conn.state == .http {
+                    abort(conn)
+                }
             case .connectionDeadline(let slot, let generation):
                 if let conn = connection(for: Tag(op: .recv, slot: slot, generation: generation)),
-                   conn.state != .open {
+                   conn.state == .closing || conn.state == .dead {
                     abort(conn)
                 }
             case .resumeAccept:

@@ -4,6 +4,9 @@ import HeapModule
 enum TimerKind {
     case room(Room, token: UInt64)
     case heartbeat
+    /// A client still reading its request head by now is dropped.
+    case requestDeadline(slot: UInt32, generation: UInt32)
+    /// A closing connection whose peer has not finished by now is cut.
     case connectionDeadline(slot: UInt32, generation: UInt32)
     case resumeAccept
 }
