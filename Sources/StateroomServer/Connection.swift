@@ -31,7 +31,6 @@ final class Connection {
 
     // Inbound.
     @exclusivity(unchecked) var recvArmed = false
-    @exclusivity(unchecked) var recvMultishot = false
     /// Bytes of a request head that arrived in pieces (empty on the fast path).
     @exclusivity(unchecked) var httpBuffer: [UInt8] = []
     @exclusivity(unchecked) var parser: WebSocketParser

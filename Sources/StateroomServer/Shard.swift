@@ -7,9 +7,10 @@ import WireProtocol
 
 /// What other threads can ask of a shard.
 enum ShardMessage: Sendable {
-    /// A connection whose upgrade request names a room this shard owns: its descriptor and every
-    /// byte read from it so far (the request head, and anything the client sent after it).
-    case handoff(fd: Int32, bytes: [UInt8])
+    /// A connection whose upgrade request names a room this shard owns: its descriptor, the
+    /// upgrade the accepting shard already parsed and checked, and any bytes the client sent
+    /// after the request head (frames).
+    case handoff(fd: Int32, roomId: String, accept: String, rest: [UInt8])
     /// Close every connection and stop the loop.
     case shutdown
     /// Serve new rooms from this factory; every open room ends and its clients get 1012.
@@ -57,7 +58,6 @@ final class Shard {
     private var acceptPaused = false
     private var acceptPauseLogged = false
     @exclusivity(unchecked) private var now: UInt64 = monotonicNanos()
-    private var lastHTTPStatus: [Int: Int] = [:]
 
     static let maxIOV = 64
     static let sendSpaceSize = MemoryLayout<msghdr>.stride + maxIOV * MemoryLayout<iovec>.stride
@@ -133,7 +133,7 @@ final class Shard {
         case .recv: handleRecv(c)
         case .send: handleSend(c)
         case .wake: handleWake(c)
-        case .cancel, .close, .timeout: break
+        case .cancel: break
         }
     }
 
@@ -144,7 +144,16 @@ final class Shard {
         if c.result >= 0 {
             count(.connectionsAccepted)
             if acceptPaused { acceptPaused = false; acceptPauseLogged = false }
-            if shuttingDown { Socket.close(c.result) } else { adopt(fd: c.result, bytes: nil) }
+            if shuttingDown {
+                Socket.close(c.result)
+            } else {
+                let conn = adopt(fd: c.result)
+                Socket.setNoDelay(conn.fd)
+                armReceive(conn, multishot: false)
+                // A client gets this long to send a complete request head (and, kept alive, the next one).
+                timers.schedule(at: now + nanos(config.requestTimeout),
+                                .requestDeadline(slot: conn.slot, generation: conn.generation))
+            }
         } else {
             let e = -c.result
             if e != ECANCELED { count(.acceptErrors) }
@@ -173,8 +182,8 @@ final class Shard {
         loop.armAccept(fd: listenerFD, tag: Tag(op: .accept, slot: 0, generation: 0))
     }
 
-    /// Takes ownership of a socket: a fresh accept (`bytes == nil`) or a handoff.
-    private func adopt(fd: Int32, bytes: [UInt8]?) {
+    /// Gives a socket a slot on this shard (a fresh accept, or a handoff from another shard).
+    private func adopt(fd: Int32) -> Connection {
         let slot: UInt32
         if let s = freeSlots.popLast() {
             slot = s
@@ -187,21 +196,12 @@ final class Shard {
                               maxMessageSize: config.maxMessageSize, now: now)
         conns[Int(slot)] = conn
         count(.connectionsOpen)
-        if var bytes {
-            count(.handoffsIn)
-            bytes.withUnsafeMutableBytes { onHTTPBytes(conn, $0) }
-        } else {
-            Socket.setNoDelay(fd)
-            armReceive(conn, multishot: false)
-        }
-        // A client gets this long to send a complete request head (and, kept alive, the next one).
-        timers.schedule(at: now + nanos(config.requestTimeout), .requestDeadline(slot: slot, generation: conn.generation))
+        return conn
     }
 
     private func armReceive(_ conn: Connection, multishot: Bool) {
         guard !conn.recvArmed else { return }
         conn.recvArmed = true
-        conn.recvMultishot = multishot
         loop.armReceive(fd: conn.fd, tag: conn.tag(.recv), multishot: multishot)
     }
 
@@ -285,16 +285,11 @@ final class Shard {
                 return buf.count
             case .complete(let head):
                 let headLength = head.headLength
-                let isHead = head.method.elementsEqual("HEAD".utf8)
-                // No route takes a request body. Bad framing is rejected; a body is never read, so
-                // the connection is answered and closed rather than kept alive (the body's bytes
-                // must never be taken for the next request).
-                let framing = requestBodyFraming(head)
-                if framing == .invalid {
-                    httpError(conn, .badRequest)
-                    return buf.count
-                }
-                let keepAlive = head.keepAlive && framing == .none
+                let isHead = head.isHeadMethod
+                // No route reads a request body (route() refuses bad framing, and a body on an
+                // upgrade), so a request with one is answered and the connection closed: the body's
+                // bytes must never be taken for the next request.
+                let keepAlive = head.keepAlive && head.bodyFraming == .none
                 switch route(head) {
                 case .status:
                     respond(conn, httpResponse(.ok, headers: [("Content-Type", "text/plain")],
@@ -311,19 +306,12 @@ final class Shard {
                     httpError(conn, status)
                     return buf.count
                 case .webSocket(let roomId, let accept):
-                    if framing != .none {
-                        httpError(conn, .badRequest)
-                        return buf.count
-                    }
+                    let rest = UnsafeMutableRawBufferPointer(rebasing: buf[(offset + headLength)...])
                     let owner = ownerShard(of: roomId, shards: peers.count)
                     if owner != index {
-                        handOff(conn, to: owner, bytes: UnsafeRawBufferPointer(rebasing: buf[offset...]))
-                        return buf.count
-                    }
-                    upgrade(conn, roomId: roomId, accept: accept)
-                    offset += headLength
-                    if offset < buf.count, conn.state == .open {
-                        onFrameBytes(conn, UnsafeMutableRawBufferPointer(rebasing: buf[offset...]))
+                        handOff(conn, to: owner, roomId: roomId, accept: accept, rest: UnsafeRawBufferPointer(rest))
+                    } else {
+                        upgrade(conn, roomId: roomId, accept: accept, rest: rest)
                     }
                     return buf.count
                 }
@@ -331,17 +319,6 @@ final class Shard {
             }
         }
         return offset
-    }
-
-    private enum BodyFraming { case none, present, invalid }
-
-    /// Whether a request announces a body (RFC 9112 §6): `Transfer-Encoding`, or a
-    /// `Content-Length` that must be one plain decimal number.
-    private func requestBodyFraming(_ head: HTTPRequestHead) -> BodyFraming {
-        if head.header("Transfer-Encoding") != nil { return .present }
-        guard let cl = head.header("Content-Length") else { return .none }
-        guard !cl.isEmpty, cl.count <= 18, cl.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return .invalid }
-        return cl.allSatisfy({ $0 == 0x30 }) ? .none : .present
     }
 
     private func httpError(_ conn: Connection, _ status: HTTPStatus) {
@@ -370,15 +347,13 @@ final class Shard {
 
     /// Gives the socket to the shard that owns its room. No operation of ours is in flight on it
     /// (the head is read with single-shot receives), so the descriptor moves cleanly.
-    private func handOff(_ conn: Connection, to owner: Int, bytes: UnsafeRawBufferPointer) {
-        var all = conn.httpBuffer
-        all.append(contentsOf: bytes)
-        conn.httpBuffer = []
+    /// The owner answers 101 without parsing the request again.
+    private func handOff(_ conn: Connection, to owner: Int, roomId: String, accept: String, rest: UnsafeRawBufferPointer) {
         count(.handoffsOut)
         let fd = conn.fd
         loop.forget(fd: fd)
         release(conn, closeDescriptor: false)
-        peers[owner].post(.handoff(fd: fd, bytes: all))
+        peers[owner].post(.handoff(fd: fd, roomId: roomId, accept: accept, rest: Array(rest)))
     }
 
     // MARK: - Mailbox
@@ -386,9 +361,11 @@ final class Shard {
     private func handleWake(_ c: Completion) {
         for m in mailbox.drain() {
             switch m {
-            case .handoff(let fd, let bytes):
+            case .handoff(let fd, let roomId, let accept, var rest):
                 if shuttingDown { Socket.close(fd); continue }
-                adopt(fd: fd, bytes: bytes)
+                count(.handoffsIn)
+                let conn = adopt(fd: fd)
+                rest.withUnsafeMutableBytes { upgrade(conn, roomId: roomId, accept: accept, rest: $0) }
             case .shutdown:
                 beginShutdown()
             case .reload(let newFactory):
@@ -425,7 +402,9 @@ final class Shard {
 
     // MARK: - WebSocket
 
-    private func upgrade(_ conn: Connection, roomId: String, accept: String) {
+    /// Answers 101, joins (or creates) the room, and parses `rest`, the bytes that followed the
+    /// request head, as frames.
+    private func upgrade(_ conn: Connection, roomId: String, accept: String, rest: UnsafeMutableRawBufferPointer) {
         enqueue(conn, bytes: webSocketUpgradeResponse(accept: accept), force: true)
         conn.state = .open
         let room: Room
@@ -453,6 +432,7 @@ final class Shard {
         room.service.connect(client: id, context: ctx)
         _ = checkFailed(room)
         armReceive(conn, multishot: true)
+        if rest.count > 0 { onFrameBytes(conn, rest) }
     }
 
     private func onFrameBytes(_ conn: Connection, _ buf: UnsafeMutableRawBufferPointer) {
@@ -476,9 +456,9 @@ final class Shard {
             case .close(let code, _):
                 // Echo the client's code (an empty close is answered with an empty close).
                 if let code {
-                    closeWebSocket(conn, CloseCode(rawValue: code), reason: "", echo: true)
+                    closeWebSocket(conn, CloseCode(rawValue: code), reason: "")
                 } else {
-                    closeWebSocket(conn, nil, reason: "", echo: true)
+                    closeWebSocket(conn, nil, reason: "")
                 }
                 return
             case .protocolError(let code):
@@ -499,7 +479,7 @@ final class Shard {
     }
 
     /// Queues a close frame, leaves the room, and shuts the socket once the frame is out.
-    func closeWebSocket(_ conn: Connection, _ code: CloseCode?, reason: String, echo: Bool = false, grace: Double? = nil) {
+    func closeWebSocket(_ conn: Connection, _ code: CloseCode?, reason: String, grace: Double? = nil) {
         guard conn.state == .open else { return }
         conn.state = .closing
         let frame: [UInt8] = code.map { closeFrame($0, reason: reason) } ?? [0x88, 0x00]

@@ -110,6 +110,32 @@ import WireProtocol
         #expect(routeOf("GET * HTTP/1.1\r\n\r\n") == .failure(.badRequest))
         #expect(routeOf("GET example.com:80 HTTP/1.1\r\n\r\n") == .failure(.badRequest))
     }
+
+    @Test(arguments: ["abc", "-1", "5, 6", "1e3", ""])
+    func invalidContentLengthIsBadRequestOnAnyPath(value: String) {
+        #expect(routeOf("GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: \(value)\r\n\r\n") == .failure(.badRequest))
+        #expect(upgrade("/ws", headers: Self.upgradeHeaders + "Content-Length: \(value)\r\n") == .failure(.badRequest))
+    }
+
+    @Test func bodyFramingIsReadFromTheHead() {
+        func framing(_ headers: String) -> HTTPBodyFraming? {
+            withHead("GET /status HTTP/1.1\r\nHost: x\r\n\(headers)\r\n") { result in
+                guard case let .complete(head) = result else { return nil }
+                return head.bodyFraming
+            }
+        }
+        #expect(framing("") == HTTPBodyFraming.none)
+        #expect(framing("Content-Length: 0\r\n") == HTTPBodyFraming.none)
+        #expect(framing("Content-Length: 5\r\n") == .present)
+        #expect(framing("Transfer-Encoding: chunked\r\n") == .present)
+        #expect(framing("Content-Length: 5x\r\n") == .invalid)
+    }
+
+    @Test func aBodyStillRoutesButAnUpgradeWithABodyIsRefused() {
+        #expect(routeOf("GET /status HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\n") == .status)
+        #expect(upgrade("/ws", headers: Self.upgradeHeaders + "Content-Length: 5\r\n") == .failure(.badRequest))
+        #expect(upgrade("/ws", headers: Self.upgradeHeaders + "Transfer-Encoding: chunked\r\n") == .failure(.badRequest))
+    }
 }
 
 extension String {

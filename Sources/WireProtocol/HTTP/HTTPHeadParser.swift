@@ -173,6 +173,25 @@ public struct HTTPRequestHead {
         }
         return headerHasToken("Connection", "keep-alive") && !headerHasToken("Connection", "close")
     }
+
+    /// What the head says about a body after it (RFC 9112 §6): `Transfer-Encoding`, or a
+    /// `Content-Length` that must be one plain decimal number (`abc`, `-1`, `5, 6` are invalid).
+    public var bodyFraming: HTTPBodyFraming {
+        if header("Transfer-Encoding") != nil { return .present }
+        guard let cl = header("Content-Length") else { return .none }
+        guard !cl.isEmpty, cl.count <= 18, cl.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return .invalid }
+        return cl.allSatisfy({ $0 == 0x30 }) ? .none : .present
+    }
+}
+
+/// Whether a request has a body after its head.
+public enum HTTPBodyFraming: Sendable, Equatable {
+    /// No body (no framing headers, or `Content-Length: 0`).
+    case none
+    /// A body follows (`Content-Length` > 0 or `Transfer-Encoding`).
+    case present
+    /// Unusable framing: the request cannot be delimited, so the connection cannot go on.
+    case invalid
 }
 
 @inlinable @inline(__always)

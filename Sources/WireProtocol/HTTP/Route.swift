@@ -28,8 +28,12 @@ public let maxRoomIdLength = 128
 /// a missing or invalid `Sec-WebSocket-Key` (must be base64 of exactly 16 bytes) is 400;
 /// `Sec-WebSocket-Version` missing or not `13` is 426. Non-GET on `/status` or `/metrics` is 405; methods
 /// other than GET/HEAD on any other path are 405. Bad escapes, NUL, invalid UTF-8 or `..` segments in a file
-/// path are 400.
+/// path are 400. Invalid body framing (``HTTPRequestHead/bodyFraming``) is 400 on any path, and an
+/// upgrade request with a body is 400.
 public func route(_ head: HTTPRequestHead) -> Route {
+    // Invalid body framing makes the request undelimitable, whatever its target (400).
+    let framing = head.bodyFraming
+    if framing == .invalid { return .failure(.badRequest) }
     let method = head.method
     let isGet = bytesEqual(method, "GET")
     let isGetOrHead = isGet || bytesEqual(method, "HEAD")
@@ -54,6 +58,8 @@ public func route(_ head: HTTPRequestHead) -> Route {
             }
             roomId = id
         }
+        // An upgrade request carries no body (RFC 6455 §4.1); one that does is refused.
+        if framing != .none { return .failure(.badRequest) }
         return upgradeRoute(head, roomId: roomId)
     }
     guard isGetOrHead else { return .failure(.methodNotAllowed) }
