@@ -38,8 +38,6 @@ void cu_queue_exit(cu_ring *ring) {
     free(ring);
 }
 
-int cu_ring_fd(cu_ring *ring) { return ring->ring.ring_fd; }
-
 struct io_uring_sqe *cu_get_sqe(cu_ring *ring) {
     struct io_uring_sqe *sqe = io_uring_get_sqe(&ring->ring);
     if (!sqe) {
@@ -76,24 +74,11 @@ unsigned cu_reap(cu_ring *ring, cu_cqe *out, unsigned max) {
     return n;
 }
 
-unsigned cu_sq_space_left(cu_ring *ring) { return io_uring_sq_space_left(&ring->ring); }
-
-int cu_opcode_supported(cu_ring *ring, int op) {
-    struct io_uring_probe *probe = io_uring_get_probe_ring(&ring->ring);
-    if (!probe) return 0;
-    int ok = io_uring_opcode_supported(probe, op);
-    io_uring_free_probe(probe);
-    return ok;
-}
-
 void cu_sqe_set_data64(struct io_uring_sqe *sqe, uint64_t data) { io_uring_sqe_set_data64(sqe, data); }
 void cu_sqe_set_flags(struct io_uring_sqe *sqe, unsigned flags) { io_uring_sqe_set_flags(sqe, flags); }
 
 void cu_prep_multishot_accept(struct io_uring_sqe *sqe, int fd, int flags) {
     io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, flags);
-}
-void cu_prep_accept(struct io_uring_sqe *sqe, int fd, int flags) {
-    io_uring_prep_accept(sqe, fd, NULL, NULL, flags);
 }
 void cu_prep_recv_multishot(struct io_uring_sqe *sqe, int fd, int bgid) {
     io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
@@ -116,12 +101,6 @@ void cu_prep_read(struct io_uring_sqe *sqe, int fd, void *buf, unsigned nbytes, 
 }
 void cu_prep_cancel64(struct io_uring_sqe *sqe, uint64_t user_data, int flags) {
     io_uring_prep_cancel64(sqe, user_data, flags);
-}
-void cu_prep_close(struct io_uring_sqe *sqe, int fd) { io_uring_prep_close(sqe, fd); }
-void cu_prep_shutdown(struct io_uring_sqe *sqe, int fd, int how) { io_uring_prep_shutdown(sqe, fd, how); }
-void cu_prep_nop(struct io_uring_sqe *sqe) { io_uring_prep_nop(sqe); }
-void cu_prep_msg_ring(struct io_uring_sqe *sqe, int fd, unsigned len, uint64_t data, unsigned flags) {
-    io_uring_prep_msg_ring(sqe, fd, len, data, flags);
 }
 
 cu_buf_ring *cu_setup_buf_ring(cu_ring *ring, unsigned entries, int bgid, int *err) {
@@ -159,14 +138,6 @@ int cu_pin_thread_to_cpu(int cpu) {
     CPU_ZERO(&set);
     CPU_SET(cpu, &set);
     return pthread_setaffinity_np(pthread_self(), sizeof(set), &set);
-}
-
-int cu_available_cpus(void) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    if (sched_getaffinity(0, sizeof(set), &set) != 0) return 1;
-    int n = CPU_COUNT(&set);
-    return n > 0 ? n : 1;
 }
 
 const uint32_t CU_EPOLLIN = EPOLLIN, CU_EPOLLOUT = EPOLLOUT, CU_EPOLLRDHUP = EPOLLRDHUP,

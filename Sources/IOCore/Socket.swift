@@ -61,12 +61,6 @@ public enum Socket {
         setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
     }
 
-    /// Makes `fd` blocking again (a descriptor handed from an epoll shard to an io_uring one).
-    public static func setBlocking(_ fd: Int32) {
-        let flags = fcntl(fd, F_GETFL)
-        if flags >= 0 && flags & O_NONBLOCK != 0 { _ = fcntl(fd, F_SETFL, flags & ~O_NONBLOCK) }
-    }
-
     public static func shutdown(_ fd: Int32, write: Bool, read: Bool) {
         let how: Int32 = write && read ? Int32(SHUT_RDWR) : (write ? Int32(SHUT_WR) : Int32(SHUT_RD))
         _ = Glibc.shutdown(fd, how)
@@ -78,8 +72,8 @@ public enum Socket {
     @discardableResult
     public static func pinCurrentThread(to cpu: Int) -> Bool { cu_pin_thread_to_cpu(Int32(cpu)) == 0 }
 
-    /// CPUs this process may run on.
-    public static var availableCPUs: Int { Int(cu_available_cpus()) }
+    /// How many CPUs this process may run on.
+    public static var availableCPUs: Int { max(1, allowedCPUs.count) }
 
     /// The numbers of the CPUs this process may run on (its affinity mask), in order.
     public static var allowedCPUs: [Int] {

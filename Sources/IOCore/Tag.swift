@@ -5,8 +5,6 @@ public enum OpKind: UInt8, Sendable {
     case send = 3
     case wake = 4
     case cancel = 5
-    case close = 6
-    case timeout = 7
 }
 
 /// The tagged `user_data` of every operation: kind, slot and generation.
@@ -47,9 +45,9 @@ public struct Tag: Hashable, Sendable {
 
     /// Checks the bit layout round-trips at its extremes; called once when a loop starts.
     public static func assertLayout() {
-        let t = Tag(op: .timeout, slot: .max, generation: generationMask)
+        let t = Tag(op: .cancel, slot: .max, generation: generationMask)
         precondition(Tag(rawValue: t.rawValue) == t, "user_data layout broken")
-        precondition(t.rawValue >> 56 == UInt64(OpKind.timeout.rawValue), "op kind must sit in the top byte")
+        precondition(t.rawValue >> 56 == UInt64(OpKind.cancel.rawValue), "op kind must sit in the top byte")
     }
 }
 

@@ -45,7 +45,7 @@ private func expectPoll(_ loop: any EventLoopBackend, sourceLocation: SourceLoca
 
 @Suite("event loop", .serialized)
 struct EventLoopTests {
-    @Test("user_data tag round-trips op, slot and generation", arguments: [OpKind.accept, .recv, .send, .wake, .timeout])
+    @Test("user_data tag round-trips op, slot and generation", arguments: [OpKind.accept, .recv, .send, .wake, .cancel])
     func tagLayout(op: OpKind) {
         IOCore.Tag.assertLayout()
         let t = IOCore.Tag(op: op, slot: 0xDEAD_BEEF, generation: 0xAB_CDEF)

@@ -34,8 +34,6 @@ extern const unsigned CU_CQE_BUFFER_SHIFT;
 cu_ring *cu_queue_init(unsigned entries, unsigned flags, int *err);
 /// io_uring_queue_exit and free.
 void cu_queue_exit(cu_ring *ring);
-/// The ring's file descriptor (for IORING_OP_MSG_RING).
-int cu_ring_fd(cu_ring *ring);
 /// io_uring_get_sqe; when the submission queue is full it submits once and tries again.
 struct io_uring_sqe *cu_get_sqe(cu_ring *ring);
 /// io_uring_submit.
@@ -45,15 +43,10 @@ int cu_submit(cu_ring *ring);
 int cu_submit_and_wait_timeout(cu_ring *ring, unsigned wait_nr, int64_t timeout_ns);
 /// Copies up to `max` completions into `out` and advances the completion queue past them.
 unsigned cu_reap(cu_ring *ring, cu_cqe *out, unsigned max);
-/// io_uring_sq_space_left.
-unsigned cu_sq_space_left(cu_ring *ring);
-/// Whether the kernel supports an opcode (io_uring_get_probe + io_uring_opcode_supported).
-int cu_opcode_supported(cu_ring *ring, int op);
 
 void cu_sqe_set_data64(struct io_uring_sqe *sqe, uint64_t data);
 void cu_sqe_set_flags(struct io_uring_sqe *sqe, unsigned flags);
 void cu_prep_multishot_accept(struct io_uring_sqe *sqe, int fd, int flags);
-void cu_prep_accept(struct io_uring_sqe *sqe, int fd, int flags);
 /// io_uring_prep_recv_multishot with IOSQE_BUFFER_SELECT from buffer group `bgid`.
 void cu_prep_recv_multishot(struct io_uring_sqe *sqe, int fd, int bgid);
 /// io_uring_prep_recv (single shot) with IOSQE_BUFFER_SELECT from buffer group `bgid`.
@@ -62,10 +55,6 @@ void cu_prep_sendmsg(struct io_uring_sqe *sqe, int fd, const struct msghdr *msg,
 void cu_prep_send(struct io_uring_sqe *sqe, int fd, const void *buf, size_t len, int flags);
 void cu_prep_read(struct io_uring_sqe *sqe, int fd, void *buf, unsigned nbytes, uint64_t offset);
 void cu_prep_cancel64(struct io_uring_sqe *sqe, uint64_t user_data, int flags);
-void cu_prep_close(struct io_uring_sqe *sqe, int fd);
-void cu_prep_shutdown(struct io_uring_sqe *sqe, int fd, int how);
-void cu_prep_nop(struct io_uring_sqe *sqe);
-void cu_prep_msg_ring(struct io_uring_sqe *sqe, int fd, unsigned len, uint64_t data, unsigned flags);
 
 /// Allocates page-aligned ring memory (liburing 2.3 has no io_uring_setup_buf_ring),
 /// io_uring_buf_ring_init + io_uring_register_buf_ring. NULL and *err on failure.
@@ -77,8 +66,6 @@ int cu_buf_ring_mask(unsigned entries);
 
 /// Pins the calling thread to one CPU (pthread_setaffinity_np; CPU_SET is a macro).
 int cu_pin_thread_to_cpu(int cpu);
-/// Number of CPUs this process may run on (sched_getaffinity + CPU_COUNT).
-int cu_available_cpus(void);
 /// Writes up to `max` CPU numbers this process may run on into `out`; returns how many.
 int cu_allowed_cpus(int *out, int max);
 
