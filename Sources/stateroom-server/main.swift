@@ -93,12 +93,8 @@ struct StateroomServerCommand: ParsableCommand {
             serviceName = service
         }
 
-        // Block the stop signals in every thread; this one waits for them.
-        var set = sigset_t()
-        sigemptyset(&set)
-        sigaddset(&set, SIGINT)
-        sigaddset(&set, SIGTERM)
-        pthread_sigmask(SIG_BLOCK, &set, nil)
+        // Blocked before the shards start, so only this thread receives them.
+        let signals = StopSignals()
 
         let server = Server(configuration: config, logger: logger)
         do {
@@ -110,8 +106,7 @@ struct StateroomServerCommand: ParsableCommand {
         print("stateroom-server listening on http://\(host):\(server.port) (service: \(serviceName), shards: \(config.shards), io: \(server.backend.rawValue))")
         fflush(nil)
 
-        var sig: Int32 = 0
-        sigwait(&set, &sig)
+        let sig = signals.wait()
         logger.info("signal \(sig): shutting down")
         server.stop()
     }

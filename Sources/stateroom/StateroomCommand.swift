@@ -254,13 +254,7 @@ func loadFactory(_ path: String, limits: WasmLimits, logger: Logger) throws(CLIE
 /// on this thread (the dev loop's polling).
 func runServer(config: ServerConfiguration, factory: any StateroomServiceFactory, logger: Logger, banner: String,
                tickMilliseconds: Int?, tick: (Server) -> Void) throws(CLIError) {
-    // Block the stop signals in every thread (the shards inherit the mask); this one waits.
-    var set = sigset_t()
-    sigemptyset(&set)
-    sigaddset(&set, SIGINT)
-    sigaddset(&set, SIGTERM)
-    pthread_sigmask(SIG_BLOCK, &set, nil)
-
+    let signals = StopSignals()
     let server = Server(configuration: config, logger: logger)
     do {
         try server.start(factory: factory)
@@ -270,18 +264,9 @@ func runServer(config: ServerConfiguration, factory: any StateroomServiceFactory
     let shownHost = config.host == "0.0.0.0" ? "localhost" : config.host
     print("\(banner): listening on http://\(shownHost):\(server.port) (/status, /ws[/<room>]\(config.staticDirectory.map { ", files from \(relative($0)) at /" } ?? ""); shards: \(config.shards))")
     fflush(nil)
-    while true {
-        if let ms = tickMilliseconds {
-            var ts = timespec(tv_sec: ms / 1000, tv_nsec: (ms % 1000) * 1_000_000)
-            let sig = sigtimedwait(&set, nil, &ts)
-            if sig > 0 { break }
-            tick(server)
-            fflush(nil)
-        } else {
-            var sig: Int32 = 0
-            sigwait(&set, &sig)
-            break
-        }
+    signals.wait(every: tickMilliseconds) {
+        tick(server)
+        fflush(nil)
     }
     logger.info("stopping")
     server.stop()
