@@ -161,7 +161,6 @@ struct ServerTests {
     func stableHashPinned() {
         #expect(stableHash("") == 0xcbf2_9ce4_8422_2325)
         #expect(stableHash("a") == 0xaf63_dc4c_8601_ec8c)
-        #expect(ownerShard(of: "1", shards: 1) == 0)
     }
 }
 

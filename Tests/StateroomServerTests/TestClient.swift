@@ -20,17 +20,8 @@ final class TestClient {
     private var pendingOffset = 0
 
     init(port: UInt16, path: String = "/ws") throws {
-        fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        var addr = sockaddr_in()
-        addr.sin_family = sa_family_t(AF_INET)
-        addr.sin_port = port.bigEndian
-        addr.sin_addr.s_addr = inet_addr("127.0.0.1")
-        let rc = withUnsafePointer(to: &addr) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard rc == 0 else { close(fd); throw ClientError("connect failed: errno \(errno)") }
-        var tv = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        guard let fd = connectLoopback(port: port) else { throw ClientError("connect failed: errno \(errno)") }
+        self.fd = fd
         let key = base64Encode((0..<16).map { _ in UInt8.random(in: 0...255) })
         writeAll(Array("GET \(path) HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n\r\n".utf8))
         // Read the response head byte by byte up to the blank line; frames may follow it.
@@ -112,8 +103,19 @@ struct ClientError: Error, CustomStringConvertible {
 
 /// Raw HTTP exchange: sends `request`, returns the status code of the response.
 func httpStatus(port: UInt16, _ request: String) -> Int? {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard let fd = connectLoopback(port: port) else { return nil }
     defer { close(fd) }
+    let bytes = Array(request.utf8)
+    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
+    var buf = [UInt8](repeating: 0, count: 4096)
+    let n = read(fd, &buf, buf.count)
+    guard n > 12 else { return nil }
+    return Int(String(decoding: buf[9..<12], as: UTF8.self))
+}
+
+/// A blocking TCP connection to 127.0.0.1:`port` with a 5 s receive timeout, or nil.
+func connectLoopback(port: UInt16) -> Int32? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var addr = sockaddr_in()
     addr.sin_family = sa_family_t(AF_INET)
     addr.sin_port = port.bigEndian
@@ -121,13 +123,8 @@ func httpStatus(port: UInt16, _ request: String) -> Int? {
     let rc = withUnsafePointer(to: &addr) {
         $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
     }
-    guard rc == 0 else { return nil }
+    guard rc == 0 else { close(fd); return nil }
     var tv = timeval(tv_sec: 5, tv_usec: 0)
     setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-    let bytes = Array(request.utf8)
-    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
-    var buf = [UInt8](repeating: 0, count: 4096)
-    let n = read(fd, &buf, buf.count)
-    guard n > 12 else { return nil }
-    return Int(String(decoding: buf[9..<12], as: UTF8.self))
+    return fd
 }
