@@ -65,21 +65,7 @@ def test_metrics_ok(server):
 
 def test_counter_seed_scenario(server):
     """The seed README: two clients on /ws, increment -> both see 1, decrement -> both see 0."""
-    async def main():
-        async with ws_connect(server.ws_url()) as a, ws_connect(server.ws_url()) as b:
-            await a.send("increment")
-            await expect(a, "new value: 1")
-            await expect(b, "new value: 1")
-            await b.send("decrement")
-            await expect(a, "new value: 0")
-            await expect(b, "new value: 0")
-            # other messages are ignored: the next broadcast is the next change
-            await a.send("hello")
-            await a.send(b"increment")  # binary: not a command
-            await b.send("increment")
-            await expect(a, "new value: 1")
-            await expect(b, "new value: 1")
-    run(main())
+    run(wsraw.seed_counter_scenario(server))
 
 
 def test_rooms_are_isolated(server):

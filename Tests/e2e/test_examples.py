@@ -34,6 +34,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT
+import wsraw
 from wsraw import expect, recv, run, ws_connect
 
 EXAMPLES = REPO_ROOT / "Examples"
@@ -134,25 +135,7 @@ def test_every_example_builds_to_a_small_module_with_the_abi_exports(modules):
 
 
 def test_counter_seed_scenario(example_server):
-    server = example_server("SharedCounter")
-
-    async def main():
-        async with ws_connect(server.ws_url()) as a, ws_connect(server.ws_url()) as b:
-            await a.send("increment")
-            await expect(a, "new value: 1")
-            await expect(b, "new value: 1")
-            await b.send("decrement")
-            await expect(a, "new value: 0")
-            await expect(b, "new value: 0")
-            await a.send("hello")       # ignored
-            await a.send(b"increment")  # binary: not a command
-            await b.send("increment")
-            await expect(a, "new value: 1")
-            await expect(b, "new value: 1")
-        async with ws_connect(server.ws_url("other")) as c:  # another room, its own instance
-            await c.send("increment")
-            await expect(c, "new value: 1")
-    run(main())
+    run(wsraw.seed_counter_scenario(example_server("SharedCounter")))
 
 
 async def echo_conversation(server) -> list[tuple[str, str]]:

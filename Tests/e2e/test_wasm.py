@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from conftest import REPO_ROOT, server_binary
+import wsraw
 from wsraw import expect, payload_with_all_bytes, recv, run, ws_connect
 
 FIXTURES = REPO_ROOT / "Tests" / "WasmHostTests" / "Fixtures"
@@ -73,26 +74,7 @@ async def silent(ws, seconds: float) -> None:
 
 
 def test_wasm_counter_seed_scenario(wasm_server):
-    server = wasm_server("counter")
-
-    async def main():
-        async with ws_connect(server.ws_url()) as a, ws_connect(server.ws_url()) as b:
-            await a.send("increment")
-            await expect(a, "new value: 1")
-            await expect(b, "new value: 1")
-            await b.send("decrement")
-            await expect(a, "new value: 0")
-            await expect(b, "new value: 0")
-            await a.send("hello")       # ignored
-            await a.send(b"increment")  # binary: not a command
-            await b.send("decrement")
-            await expect(a, "new value: -1")
-            await expect(b, "new value: -1")
-        # another room has its own instance
-        async with ws_connect(server.ws_url("other")) as c:
-            await c.send("increment")
-            await expect(c, "new value: 1")
-    run(main())
+    run(wsraw.seed_counter_scenario(wasm_server("counter")))
 
 
 def test_wasm_timer_fires_rearms_and_is_replaced(wasm_server):

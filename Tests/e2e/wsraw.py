@@ -617,6 +617,28 @@ async def expect(ws, want, timeout: float = DEFAULT_TIMEOUT):
     return got
 
 
+async def seed_counter_scenario(server) -> None:
+    """The seed README's counter, for any server serving a counter (native, wat or Swift guest):
+    two clients on /ws, `increment` -> both see 1, `decrement` -> both see 0, other text and
+    binary messages are ignored, and another room has its own value."""
+    async with ws_connect(server.ws_url()) as a, ws_connect(server.ws_url()) as b:
+        await a.send("increment")
+        await expect(a, "new value: 1")
+        await expect(b, "new value: 1")
+        await b.send("decrement")
+        await expect(a, "new value: 0")
+        await expect(b, "new value: 0")
+        # other messages are ignored: the next broadcast is the next change
+        await a.send("hello")
+        await a.send(b"increment")  # binary: not a command
+        await b.send("increment")
+        await expect(a, "new value: 1")
+        await expect(b, "new value: 1")
+    async with ws_connect(server.ws_url("other")) as c:  # another room, its own instance
+        await c.send("increment")
+        await expect(c, "new value: 1")
+
+
 async def counter_roundtrip(url: str, expect_start: int = 0) -> None:
     """Fresh counter client on ``url``: increment -> start+1, decrement -> start."""
     async with ws_connect(url) as ws:
