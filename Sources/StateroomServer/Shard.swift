@@ -58,6 +58,9 @@ final class Shard {
     private var acceptPaused = false
     private var acceptPauseLogged = false
     @exclusivity(unchecked) private var now: UInt64 = monotonicNanos()
+    private var lastPublish: UInt64 = 0
+    /// Counters changed since the last publish; the loop then waits at most 1 ms.
+    private var publishPending = false
 
     static let maxIOV = 64
     static let sendSpaceSize = MemoryLayout<msghdr>.stride + maxIOV * MemoryLayout<iovec>.stride
@@ -113,13 +116,21 @@ final class Shard {
             var timeout: Int64 = -1
             now = monotonicNanos()
             if let d = timers.nextDeadline { timeout = d > now ? Int64(d - now) : 0 }
+            if publishPending && (timeout < 0 || timeout > 1_000_000) { timeout = 1_000_000 }
             loop.poll(timeoutNanoseconds: timeout) { c in self.handle(c) }
             now = monotonicNanos()
             drainPending()
             runTimers()
             drainPending()
             flushDirty()
-            stats.publish(counters)
+            // /metrics may lag by a millisecond; a busy loop takes the stats lock at most 1000 times a second.
+            if now &- lastPublish >= 1_000_000 || !running {
+                stats.publish(counters)
+                lastPublish = now
+                publishPending = false
+            } else {
+                publishPending = true
+            }
             if shuttingDown && counters[ShardStats.Counter.connectionsOpen.rawValue] == 0 { running = false }
         }
         loop.flush()
