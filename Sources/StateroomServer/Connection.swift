@@ -47,6 +47,11 @@ final class Connection {
     @exclusivity(unchecked) var sendInFlight = false
     @exclusivity(unchecked) var inFlightChunks = 0
     @exclusivity(unchecked) var isDirty = false
+    /// Waiting in the shard's hold queue so more frames leave together (send coalescing).
+    @exclusivity(unchecked) var isHeld = false
+    /// When the last send was submitted, and how many frames it carried.
+    @exclusivity(unchecked) var lastSendAt: UInt64 = 0
+    @exclusivity(unchecked) var lastSendFrames = 0
     /// Shut the write side once everything queued has gone out.
     @exclusivity(unchecked) var closeAfterFlush = false
     @exclusivity(unchecked) var writeShut = false

@@ -7,7 +7,7 @@ final class ShardStats: Sendable {
         case connectionsAccepted, connectionsOpen, webSocketsOpen, handoffsOut, handoffsIn
         case roomsActive, roomsCreated, roomFailures, messagesReceived, framesQueued, bytesQueued
         case sendsSubmitted, slowClientCloses, protocolErrorCloses, heartbeatTimeouts, httpErrors
-        case acceptErrors, pingsSent
+        case acceptErrors, pingsSent, sendsHeld
 
         var name: String {
             switch self {
@@ -29,6 +29,7 @@ final class ShardStats: Sendable {
             case .httpErrors: "stateroom_http_errors_total"
             case .acceptErrors: "stateroom_accept_errors_total"
             case .pingsSent: "stateroom_pings_sent_total"
+            case .sendsHeld: "stateroom_sends_held_total"
             }
         }
 

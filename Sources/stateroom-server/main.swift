@@ -30,6 +30,8 @@ struct StateroomServerCommand: ParsableCommand {
     var maxMessageSize: Int = 16 << 20
     @Option(help: "Cap on a client's queued outbound bytes (closed with 1008 beyond).")
     var maxPendingBytes: Int = 4 << 20
+    @Option(help: "Milliseconds a busy client's frames may wait to leave in one send (0: send at once).")
+    var coalesceMs: Double = 0
     @Option(help: "Seconds between pings.")
     var heartbeatInterval: Double = 30
     @Option(help: "Seconds of silence after which a client is dropped.")
@@ -52,6 +54,7 @@ struct StateroomServerCommand: ParsableCommand {
             throw ValidationError("unknown service '\(service)' (counter, echo, relay, chat)")
         }
         if let s = shards, s < 1 || s > 1024 { throw ValidationError("--shards must be between 1 and 1024") }
+        if !(0...1000).contains(coalesceMs) { throw ValidationError("--coalesce-ms must be between 0 and 1000") }
         if maxMessageSize < 1 { throw ValidationError("--max-message-size must be positive") }
         if maxPendingBytes < 1024 { throw ValidationError("--max-pending-bytes must be at least 1024") }
     }
@@ -72,6 +75,7 @@ struct StateroomServerCommand: ParsableCommand {
         config.io = ServerConfiguration.IOMode(rawValue: io) ?? .auto
         config.maxMessageSize = maxMessageSize
         config.maxPendingBytes = maxPendingBytes
+        config.coalesceWindow = coalesceMs / 1000
         config.heartbeatInterval = heartbeatInterval
         config.heartbeatTimeout = heartbeatTimeout
         config.staticDirectory = `static`

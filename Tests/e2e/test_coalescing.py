@@ -1,0 +1,80 @@
+"""Send coalescing (`--coalesce-ms`) and the gathering of small frames into one send.
+
+A client whose previous send carried four or more frames is busy: its next frames wait up to the
+window so they leave together. A client that receives one frame at a time is never held. Either
+way nothing is lost or reordered.
+"""
+from __future__ import annotations
+
+from wsraw import OP_TEXT, RawWebSocket, encode_frame
+
+HELD = ("stateroom_sends_held_total",)
+SENDS = ("stateroom_sends_submitted_total",)
+FRAMES = ("stateroom_frames_queued_total",)
+
+
+def burst(ws: RawWebSocket, start: int, count: int) -> None:
+    """`count` text messages in one TCP write, so the server reads them in one go."""
+    ws.send_raw(b"".join(encode_frame(OP_TEXT, f"m{i:05d}".encode()) for i in range(start, start + count)))
+
+
+def expect_messages(ws: RawWebSocket, start: int, count: int, who: str) -> None:
+    for i in range(start, start + count):
+        op, payload = ws.recv_message(timeout=10)
+        assert (op, payload) == (OP_TEXT, f"m{i:05d}".encode()), f"{who}: message {i} was {payload!r}"
+
+
+def test_busy_clients_are_held_and_get_everything_in_order(server_factory):
+    server = server_factory("--coalesce-ms", "300", service="relay", shards=1)
+    clients = [RawWebSocket.connect(server.host, server.port, "/ws/coalesce") for _ in range(3)]
+    sender = clients[0]  # the relay sends to everyone, the sender included
+    try:
+        # First burst: every client gets a send of many frames, which marks it busy.
+        burst(sender, 0, 200)
+        for n, ws in enumerate(clients):
+            expect_messages(ws, 0, 200, f"client {n}")
+        held_before = server.metric(*HELD) or 0
+        # Smaller bursts within the window (fewer frames than fill a send): held, then sent
+        # together, still complete and in order.
+        for start in (200, 220, 240):
+            burst(sender, start, 20)
+            for n, ws in enumerate(clients):
+                expect_messages(ws, start, 20, f"client {n}")
+        held = server.metric(*HELD)
+        sends, frames = server.metric(*SENDS), server.metric(*FRAMES)
+        assert held is not None and held > held_before, f"no send was held (held {held_before} -> {held})"
+        assert sends is not None and frames is not None and sends < frames / 4, \
+            f"{sends} sends for {frames} frames: frames were not gathered"
+    finally:
+        for ws in clients:
+            ws.close()
+
+
+def test_a_client_receiving_one_frame_at_a_time_is_never_held(server_factory):
+    server = server_factory("--coalesce-ms", "1000", service="relay", shards=1)
+    a = RawWebSocket.connect(server.host, server.port, "/ws/quiet")
+    b = RawWebSocket.connect(server.host, server.port, "/ws/quiet")
+    try:
+        for i in range(20):
+            # One message at a time, each answered before the next: nothing to gather.
+            a.send_text(f"m{i:05d}")
+            expect_messages(a, i, 1, "sender")
+            expect_messages(b, i, 1, "receiver")
+        assert server.metric(*HELD) == 0
+    finally:
+        a.close()
+        b.close()
+
+
+def test_without_a_window_nothing_is_held(server_factory):
+    server = server_factory(service="relay", shards=1)
+    clients = [RawWebSocket.connect(server.host, server.port, "/ws/default") for _ in range(2)]
+    try:
+        for start in (0, 300):
+            burst(clients[0], start, 300)
+            for n, ws in enumerate(clients):
+                expect_messages(ws, start, 300, f"client {n}")
+        assert server.metric(*HELD) == 0
+    finally:
+        for ws in clients:
+            ws.close()
