@@ -76,6 +76,11 @@ unsigned cu_reap(cu_ring *ring, cu_cqe *out, unsigned max) {
 
 void cu_sqe_set_data64(struct io_uring_sqe *sqe, uint64_t data) { io_uring_sqe_set_data64(sqe, data); }
 void cu_sqe_set_flags(struct io_uring_sqe *sqe, unsigned flags) { io_uring_sqe_set_flags(sqe, flags); }
+void cu_sqe_use_fixed_file(struct io_uring_sqe *sqe) { sqe->flags |= IOSQE_FIXED_FILE; }
+int cu_register_files_sparse(cu_ring *ring, unsigned nr) { return io_uring_register_files_sparse(&ring->ring, nr); }
+int cu_register_file(cu_ring *ring, unsigned slot, int fd) {
+    return io_uring_register_files_update(&ring->ring, slot, &fd, 1);
+}
 
 void cu_prep_multishot_accept(struct io_uring_sqe *sqe, int fd, int flags) {
     io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, flags);

@@ -43,7 +43,8 @@ public protocol EventLoopBackend: AnyObject {
     func readWake(fd: Int32, into: UnsafeMutableRawPointer, tag: Tag)
     /// Cancels the operation(s) carrying `target`; the target then completes (with -ECANCELED).
     func cancel(_ target: Tag)
-    /// Stops watching `fd` (epoll); a no-op for io_uring, where shutdown ends pending operations.
+    /// Drops what the backend holds for `fd` (its epoll watch; its io_uring registered-file slot).
+    /// Call it before closing `fd` or handing it to another shard.
     func forget(fd: Int32)
     /// The bytes of a provided buffer.
     func buffer(_ id: UInt16, count: Int) -> UnsafeMutableRawBufferPointer

@@ -21,6 +21,13 @@ public final class UringEventLoop: EventLoopBackend {
     private var recycled: Int32 = 0
     private let cqes: UnsafeMutablePointer<cu_cqe>
     private let batchSize = 512
+    /// Registered-file table, indexed by descriptor number: a socket's receives and sends name
+    /// its slot (IOSQE_FIXED_FILE), so the kernel skips looking up and reference-counting the
+    /// file on every operation. Slots fill on a socket's first operation and empty in
+    /// `forget(fd:)`, which the owner calls before it closes or hands the descriptor away.
+    /// Size 0 when the table could not be registered: then descriptors are used as they are.
+    private let fixedCount: Int
+    private let fixed: UnsafeMutablePointer<Bool>
 
     public init(_ config: EventLoopConfiguration) throws {
         precondition(config.receiveBufferCount > 0 && config.receiveBufferCount & (config.receiveBufferCount - 1) == 0,
@@ -50,6 +57,11 @@ public final class UringEventLoop: EventLoopBackend {
         }
         cu_buf_ring_advance(br, Int32(bufferCount))
         self.cqes = .allocate(capacity: batchSize)
+        var limit = rlimit()
+        let wanted = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 ? min(Int(limit.rlim_cur), 1 << 16) : 0
+        self.fixedCount = wanted > 0 && cu_register_files_sparse(ring, UInt32(wanted)) == 0 ? wanted : 0
+        self.fixed = .allocate(capacity: max(fixedCount, 1))
+        self.fixed.initialize(repeating: false, count: max(fixedCount, 1))
     }
 
     deinit {
@@ -57,6 +69,20 @@ public final class UringEventLoop: EventLoopBackend {
         cu_queue_exit(ring)
         buffers.deallocate()
         cqes.deallocate()
+        fixed.deallocate()
+    }
+
+    /// Points `s` at `fd`'s registered slot, registering it on first use; a descriptor beyond
+    /// the table, or one the kernel would not take, is used unregistered.
+    @inline(__always)
+    private func useFixedFile(_ s: OpaquePointer, _ fd: Int32) {
+        let i = Int(fd)
+        guard i >= 0 && i < fixedCount else { return }
+        if !fixed[i] {
+            guard cu_register_file(ring, UInt32(i), fd) == 1 else { return }
+            fixed[i] = true
+        }
+        cu_sqe_use_fixed_file(s)
     }
 
     @inline(__always)
@@ -78,6 +104,7 @@ public final class UringEventLoop: EventLoopBackend {
         // Custody: the kernel picks a provided buffer per completion; none is tied to this socket
         // while it is idle.
         if multishot { cu_prep_recv_multishot(s, fd, bufferGroup) } else { cu_prep_recv_select(s, fd, bufferGroup) }
+        useFixedFile(s, fd)
         cu_sqe_set_data64(s, tag.rawValue)
     }
 
@@ -86,6 +113,7 @@ public final class UringEventLoop: EventLoopBackend {
         // Custody: `message`, its iovecs and the bytes they point at stay alive and unchanged until
         // this send completes; the connection owns them and frees them only after that.
         cu_prep_sendmsg(s, fd, message, UInt32(MSG_NOSIGNAL))
+        useFixedFile(s, fd)
         cu_sqe_set_data64(s, tag.rawValue)
     }
 
@@ -93,6 +121,7 @@ public final class UringEventLoop: EventLoopBackend {
         let s = sqe()
         // Custody: `bytes` stay alive and unchanged until this send completes.
         cu_prep_send(s, fd, bytes, count, Int32(MSG_NOSIGNAL))
+        useFixedFile(s, fd)
         cu_sqe_set_data64(s, tag.rawValue)
     }
 
@@ -109,7 +138,14 @@ public final class UringEventLoop: EventLoopBackend {
         cu_sqe_set_data64(s, Tag(op: .cancel, slot: 0, generation: 0).rawValue)
     }
 
-    public func forget(fd: Int32) {}
+    /// Empties `fd`'s registered slot: the table holds a reference to the socket, so without this
+    /// a `close` would not close it, and a reused descriptor number would reach the old socket.
+    public func forget(fd: Int32) {
+        let i = Int(fd)
+        guard i >= 0 && i < fixedCount && fixed[i] else { return }
+        fixed[i] = false
+        _ = cu_register_file(ring, UInt32(i), -1)
+    }
 
     @inline(__always)
     public func buffer(_ id: UInt16, count: Int) -> UnsafeMutableRawBufferPointer {

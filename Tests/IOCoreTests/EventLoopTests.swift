@@ -170,6 +170,52 @@ struct EventLoopTests {
         loop.forget(fd: server)
     }
 
+    /// io_uring keeps a socket it has used in its registered-file table, which holds a reference:
+    /// `forget` must empty the slot so that `close` really closes, and a reused descriptor number
+    /// must reach the new socket, not the old one.
+    @Test("forget, then close: the peer sees EOF and the descriptor number can be reused", arguments: EventLoopConfiguration.Backend.allCases)
+    func forgetThenClose(backend: EventLoopConfiguration.Backend) throws {
+        let loop = try makeLoop(backend)
+        let listener = try Socket.listen(host: "127.0.0.1", port: 0)
+        defer { Socket.close(listener.fd) }
+        loop.armAccept(fd: listener.fd, tag: IOCore.Tag(op: .accept, slot: 0, generation: 0))
+        let first = connectClient(port: listener.port)
+        defer { close(first) }
+        var server: Int32 = -1
+        expectPoll(loop) { c in
+            if c.tag.op == .accept, server < 0 { server = c.result }
+            return server >= 0
+        }
+        let hello: [UInt8] = Array("first".utf8)
+        hello.withUnsafeBytes { loop.send(fd: server, bytes: $0.baseAddress!, count: $0.count, tag: IOCore.Tag(op: .send, slot: 1, generation: 1)) }
+        expectPoll(loop) { c in c.tag.op == .send && c.result == Int32(hello.count) }
+
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(first, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var buf = [UInt8](repeating: 0, count: 64)
+        #expect(recv(first, &buf, 64, 0) == hello.count)
+        // The next connection is accepted (in poll) after the close, so it gets the lowest free
+        // descriptor number, the one just closed; a send on it must reach the new peer.
+        let next = connectClient(port: listener.port)
+        defer { close(next) }
+        setsockopt(next, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        loop.forget(fd: server)
+        close(server)
+        #expect(recv(first, &buf, 64, 0) == 0, "the peer saw no EOF after close")
+        var second: Int32 = -1
+        expectPoll(loop) { c in
+            if c.tag.op == .accept, c.result >= 0 { second = c.result }
+            return second >= 0
+        }
+        defer { loop.forget(fd: second); close(second) }
+        #expect(second == server)
+        let again: [UInt8] = Array("second".utf8)
+        again.withUnsafeBytes { loop.send(fd: second, bytes: $0.baseAddress!, count: $0.count, tag: IOCore.Tag(op: .send, slot: 2, generation: 1)) }
+        expectPoll(loop) { c in c.tag.op == .send && c.result == Int32(again.count) }
+        #expect(recv(next, &buf, 64, 0) == again.count)
+        #expect(Array(buf[0..<again.count]) == again)
+    }
+
     @Test("a mailbox post wakes the loop through its eventfd", arguments: EventLoopConfiguration.Backend.allCases)
     func mailboxWake(backend: EventLoopConfiguration.Backend) throws {
         let loop = try makeLoop(backend)

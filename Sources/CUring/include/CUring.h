@@ -46,6 +46,12 @@ unsigned cu_reap(cu_ring *ring, cu_cqe *out, unsigned max);
 
 void cu_sqe_set_data64(struct io_uring_sqe *sqe, uint64_t data);
 void cu_sqe_set_flags(struct io_uring_sqe *sqe, unsigned flags);
+/// Marks the SQE's fd as an index into the ring's registered file table (IOSQE_FIXED_FILE).
+void cu_sqe_use_fixed_file(struct io_uring_sqe *sqe);
+/// io_uring_register_files_sparse: a table of `nr` empty registered-file slots. Returns 0 or -errno.
+int cu_register_files_sparse(cu_ring *ring, unsigned nr);
+/// io_uring_register_files_update of one slot (`fd` -1 empties it). Returns 1 or -errno.
+int cu_register_file(cu_ring *ring, unsigned slot, int fd);
 void cu_prep_multishot_accept(struct io_uring_sqe *sqe, int fd, int flags);
 /// io_uring_prep_recv_multishot with IOSQE_BUFFER_SELECT from buffer group `bgid`.
 void cu_prep_recv_multishot(struct io_uring_sqe *sqe, int fd, int bgid);
