@@ -27,6 +27,11 @@ enum Report {
         rows.append(("latency p99.9 / max", "\(micros(l.p999Micros)) / \(micros(l.maxMicros))  (\(l.count) samples)"))
         if let cpu = r.serverCPUSeconds, let per = r.serverCPUMicrosecondsPerDelivery {
             rows.append(("server CPU", String(format: "%.2f s (%.0f%% of a core), %.3f µs per delivery = %.3f s per million", cpu, 100 * cpu / r.windowSeconds, per, per)))
+            if let soft = r.serverSoftirqCPUSeconds {
+                rows.append(("  of which", String(format: "%.2f s ksoftirqd on the server's cores", soft)))
+            } else {
+                rows.append(("  of which", "the process only (ksoftirqd not counted: the server shares cores with the bench)"))
+            }
         } else {
             rows.append(("server CPU", "n/a (give --server-pid or --spawn)"))
         }

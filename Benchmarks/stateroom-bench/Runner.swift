@@ -27,7 +27,12 @@ struct RunResult: Codable, Sendable {
     var messagesPerSecond: Double
     var latency: Latency
     var serverPid: Int32?
+    /// The server process's CPU time, plus `serverSoftirqCPUSeconds` when that is known.
     var serverCPUSeconds: Double?
+    /// Time the kernel's ksoftirqd threads spent on the server's own cores (network work the
+    /// kernel deferred out of the server's context); nil when the server shares a core with the
+    /// bench, where it cannot be told apart.
+    var serverSoftirqCPUSeconds: Double?
     var serverCPUSecondsPerMillionDeliveries: Double?
     var serverCPUMicrosecondsPerDelivery: Double?
     var serverCPUUtilization: Double?
@@ -72,6 +77,36 @@ func processCPUSeconds(_ pid: Int32) -> Double? {
     let fields = text[text.index(after: close)...].split(separator: " ")
     guard fields.count > 13, let u = Double(fields[11]), let s = Double(fields[12]) else { return nil }
     return (u + s) / Double(sysconf(Int32(_SC_CLK_TCK)))
+}
+
+/// CPU numbers in a list such as "0-3,6".
+func parseCPUList(_ text: Substring) -> [Int] {
+    var out: [Int] = []
+    for part in text.split(separator: ",") {
+        let ends = part.split(separator: "-").compactMap { Int($0.trimmingCharacters(in: .whitespaces)) }
+        if ends.count == 1 { out.append(ends[0]) } else if ends.count == 2, ends[0] <= ends[1] { out += Array(ends[0]...ends[1]) }
+    }
+    return out
+}
+
+/// The ksoftirqd threads of the CPUs the server may run on, if none of those CPUs is one the
+/// bench may run on (otherwise their time belongs to both and to neither). Softirq work that
+/// overflows a busy core runs there and is not in the server's own /proc/PID/stat.
+func softirqThreads(serverPid: Int32) -> [Int32]? {
+    guard let status = try? String(contentsOfFile: "/proc/\(serverPid)/status", encoding: .utf8),
+          let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Cpus_allowed_list:") }) else { return nil }
+    let serverCPUs = Set(parseCPUList(line.dropFirst("Cpus_allowed_list:".count)))
+    guard !serverCPUs.isEmpty, serverCPUs.isDisjoint(with: Socket.allowedCPUs) else { return nil }
+    var pids: [Int32] = []
+    for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+        guard let pid = Int32(entry),
+              let comm = try? String(contentsOfFile: "/proc/\(entry)/comm", encoding: .utf8),
+              comm.hasPrefix("ksoftirqd/"),
+              let cpu = Int(comm.dropFirst("ksoftirqd/".count).trimmingCharacters(in: .whitespacesAndNewlines)),
+              serverCPUs.contains(cpu) else { continue }
+        pids.append(pid)
+    }
+    return pids.count == serverCPUs.count ? pids : nil
 }
 
 func ownCPUSeconds() -> Double {
@@ -142,6 +177,15 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
     // Watch: progress, CPU samples at the window's edges, then the drain.
     var serverCPUStart: Double?
     var serverCPUEnd: Double?
+    let softirqPids = serverPid.flatMap(softirqThreads)
+    func softirqSeconds() -> Double? {
+        guard let pids = softirqPids else { return nil }
+        var total = 0.0
+        for p in pids { guard let c = processCPUSeconds(p) else { return nil }; total += c }
+        return total
+    }
+    var softirqStart: Double?
+    var softirqEnd: Double?
     var ownCPUStart = 0.0
     var ownCPUEnd = 0.0
     var lastT = monotonicNanos()
@@ -154,11 +198,13 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
         if phase == 0 && now >= clock.measureStart {
             phase = 1
             serverCPUStart = serverPid.flatMap(processCPUSeconds)
+            softirqStart = softirqSeconds()
             ownCPUStart = ownCPUSeconds()
         }
         if phase == 1 && now >= clock.measureEnd {
             phase = 2
             serverCPUEnd = serverPid.flatMap(processCPUSeconds)
+            softirqEnd = softirqSeconds()
             ownCPUEnd = ownCPUSeconds()
         }
         let received = shared.received.load(ordering: .relaxed)
@@ -223,7 +269,14 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
         meanMicros: h.totalCount > 0 ? h.mean / 1000 : 0, curve: curve)
     let deliveriesPerSecond = Double(total.windowDeliveries) / window
     var serverCPU: Double?
-    if let a = serverCPUStart, let b = serverCPUEnd { serverCPU = b - a }
+    var serverSoftirq: Double?
+    if let a = serverCPUStart, let b = serverCPUEnd {
+        serverCPU = b - a
+        if let sa = softirqStart, let sb = softirqEnd {
+            serverSoftirq = sb - sa
+            serverCPU = b - a + (sb - sa)
+        }
+    }
     let benchCPU = ownCPUEnd - ownCPUStart
     let benchUtil = benchCPU / window
     // Saturated: the busiest load thread was on CPU nearly all of the window, so the server may
@@ -248,7 +301,7 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
         closedDuringRun: total.closed, errors: total.errors.merging(opened.errors) { $0 + $1 },
         windowSeconds: window, deliveriesPerSecond: deliveriesPerSecond,
         messagesPerSecond: deliveriesPerSecond / Double(max(1, scenario.clientsPerRoom)),
-        latency: latency, serverPid: serverPid, serverCPUSeconds: serverCPU,
+        latency: latency, serverPid: serverPid, serverCPUSeconds: serverCPU, serverSoftirqCPUSeconds: serverSoftirq,
         serverCPUSecondsPerMillionDeliveries: serverCPU.map { $0 / max(Double(total.windowDeliveries), 1) * 1e6 },
         serverCPUMicrosecondsPerDelivery: serverCPU.map { $0 / max(Double(total.windowDeliveries), 1) * 1e6 },
         serverCPUUtilization: serverCPU.map { $0 / window },

@@ -123,3 +123,25 @@ def test_spawn_reads_server_cpu(bench_binary):
     assert rc == 0, f"{report.get('failures')}\n{err[-2000:]}"
     check_clean(report, rooms=1, clients=10)
     assert report["serverPid"] and report["serverCPUSeconds"] >= 0
+    # The server may run where the bench runs: ksoftirqd time cannot be attributed.
+    assert report.get("serverSoftirqCPUSeconds") is None, report
+
+
+def test_pinned_server_is_charged_for_softirq_on_its_core(bench_binary):
+    """Server on CPU 0, bench on the others: ksoftirqd/0's time counts as the server's."""
+    binary = REPO_ROOT / ".build" / "release" / "stateroom-server"
+    if not binary.exists():
+        pytest.skip("server binary not built")
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 or 0 not in cpus:
+        pytest.skip("needs CPU 0 and another CPU")
+    others = ",".join(str(c) for c in cpus if c != 0)
+    proc = subprocess.run(["taskset", "-c", others, str(bench_binary), "--json", "--quiet", "--spawn",
+                           f"taskset -c 0 {binary} --host 127.0.0.1 --port {{port}} --service relay --shards 1 --no-pin",
+                           "--rooms", "1", "--clients-per-room", "10", "--closed-loop",
+                           "--warmup", "0.2", "--duration", "0.5"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    report = json.loads(proc.stdout)
+    assert proc.returncode == 0, f"{report.get('failures')}\n{proc.stderr[-2000:]}"
+    soft = report.get("serverSoftirqCPUSeconds")
+    assert soft is not None and 0 <= soft <= report["serverCPUSeconds"], report
