@@ -669,7 +669,8 @@ final class Shard {
         return .allocate(byteCount: Shard.sendSpaceSize, alignment: 16)
     }
 
-    /// Submits one gathered send per dirty socket: every queued frame (up to IOV_MAX) in one sendmsg.
+    /// Submits one gathered send per dirty socket: its queued frames (up to `maxIOV` buffers, small
+    /// frames first copied together) in one send or sendmsg.
     ///
     /// Send coalescing: a connection whose previous send carried several frames
     /// (`holdMinFrames`) is receiving faster than the loop sends, and the kernel's cost is mostly
