@@ -43,6 +43,23 @@ private func expectPoll(_ loop: any EventLoopBackend, sourceLocation: SourceLoca
     #expect(ok, "the expected completion did not arrive", sourceLocation: sourceLocation)
 }
 
+/// A loopback listener with multishot accept armed on `loop`; the caller closes it.
+private func armedListener(_ loop: any EventLoopBackend) throws -> (fd: Int32, port: UInt16) {
+    let listener = try Socket.listen(host: "127.0.0.1", port: 0)
+    loop.armAccept(fd: listener.fd, tag: IOCore.Tag(op: .accept, slot: 0, generation: 0))
+    return listener
+}
+
+/// Polls until the next accepted connection and returns its descriptor (-1 if none came).
+private func acceptNext(_ loop: any EventLoopBackend, sourceLocation: SourceLocation = #_sourceLocation) -> Int32 {
+    var fd: Int32 = -1
+    expectPoll(loop, sourceLocation: sourceLocation) { c in
+        if c.tag.op == .accept, c.result >= 0, fd < 0 { fd = c.result }
+        return fd >= 0
+    }
+    return fd
+}
+
 @Suite("event loop", .serialized)
 struct EventLoopTests {
     @Test("user_data tag round-trips op, slot and generation", arguments: [OpKind.accept, .recv, .send, .wake, .cancel])
@@ -59,9 +76,8 @@ struct EventLoopTests {
     @Test("accept, receive into provided buffers, gathered send", arguments: EventLoopConfiguration.Backend.allCases)
     func acceptReceiveSend(backend: EventLoopConfiguration.Backend) throws {
         let loop = try makeLoop(backend)
-        let listener = try Socket.listen(host: "127.0.0.1", port: 0)
+        let listener = try armedListener(loop)
         defer { Socket.close(listener.fd) }
-        loop.armAccept(fd: listener.fd, tag: IOCore.Tag(op: .accept, slot: 0, generation: 0))
 
         // Multishot accept: two connections, two completions, the accept stays armed.
         let c1 = connectClient(port: listener.port)
@@ -147,16 +163,11 @@ struct EventLoopTests {
     @Test("cancel ends an armed receive", arguments: EventLoopConfiguration.Backend.allCases)
     func cancelReceive(backend: EventLoopConfiguration.Backend) throws {
         let loop = try makeLoop(backend)
-        let listener = try Socket.listen(host: "127.0.0.1", port: 0)
+        let listener = try armedListener(loop)
         defer { Socket.close(listener.fd) }
-        loop.armAccept(fd: listener.fd, tag: IOCore.Tag(op: .accept, slot: 0, generation: 0))
         let client = connectClient(port: listener.port)
         defer { close(client) }
-        var server: Int32 = -1
-        expectPoll(loop) { c in
-            if c.tag.op == .accept { server = c.result }
-            return server >= 0
-        }
+        let server = acceptNext(loop)
         defer { close(server) }
         let tag = IOCore.Tag(op: .recv, slot: 1, generation: 9)
         loop.armReceive(fd: server, tag: tag, multishot: true)
@@ -176,16 +187,11 @@ struct EventLoopTests {
     @Test("forget, then close: the peer sees EOF and the descriptor number can be reused", arguments: EventLoopConfiguration.Backend.allCases)
     func forgetThenClose(backend: EventLoopConfiguration.Backend) throws {
         let loop = try makeLoop(backend)
-        let listener = try Socket.listen(host: "127.0.0.1", port: 0)
+        let listener = try armedListener(loop)
         defer { Socket.close(listener.fd) }
-        loop.armAccept(fd: listener.fd, tag: IOCore.Tag(op: .accept, slot: 0, generation: 0))
         let first = connectClient(port: listener.port)
         defer { close(first) }
-        var server: Int32 = -1
-        expectPoll(loop) { c in
-            if c.tag.op == .accept, server < 0 { server = c.result }
-            return server >= 0
-        }
+        let server = acceptNext(loop)
         let hello: [UInt8] = Array("first".utf8)
         hello.withUnsafeBytes { loop.send(fd: server, bytes: $0.baseAddress!, count: $0.count, tag: IOCore.Tag(op: .send, slot: 1, generation: 1)) }
         expectPoll(loop) { c in c.tag.op == .send && c.result == Int32(hello.count) }
@@ -202,11 +208,7 @@ struct EventLoopTests {
         loop.forget(fd: server)
         close(server)
         #expect(recv(first, &buf, 64, 0) == 0, "the peer saw no EOF after close")
-        var second: Int32 = -1
-        expectPoll(loop) { c in
-            if c.tag.op == .accept, c.result >= 0 { second = c.result }
-            return second >= 0
-        }
+        let second = acceptNext(loop)
         defer { loop.forget(fd: second); close(second) }
         #expect(second == server)
         let again: [UInt8] = Array("second".utf8)
