@@ -133,7 +133,13 @@ final class Shard {
                 if timeout < 0 || t < timeout { timeout = t }
             }
             if publishPending && (timeout < 0 || timeout > 1_000_000) { timeout = 1_000_000 }
-            loop.poll(timeoutNanoseconds: timeout) { c in self.handle(c) }
+            // The clock is read again once the wait is over, so what the handlers stamp
+            // (a client's last words, deadlines) is not as old as the wait.
+            var woke = false
+            loop.poll(timeoutNanoseconds: timeout) { c in
+                if !woke { self.now = monotonicNanos(); woke = true }
+                self.handle(c)
+            }
             now = monotonicNanos()
             drainPending()
             runTimers()
