@@ -21,8 +21,9 @@ public struct ServerConfiguration: Sendable {
     public var maxPendingBytes = 4 << 20
     /// Seconds a busy connection's frames may wait so they leave in one send (0: never wait).
     /// Only a connection whose previous send carried four or more frames, less than this long
-    /// ago, waits; one that receives frames one to three at a time is sent to at once.
-    public var coalesceWindow: Double = 0
+    /// ago, and whose client has not sent anything for as long, waits; one that receives frames
+    /// one to three at a time, or whose client is talking, is sent to at once.
+    public var coalesceWindow: Double = 0.008
     /// How long a client closed for being slow may still drain before its TCP connection is cut.
     public var slowClientGrace: Double = 5
     /// Seconds between pings.

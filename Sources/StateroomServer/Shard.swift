@@ -682,9 +682,11 @@ final class Shard {
     /// (`holdMinFrames`) is receiving faster than the loop sends, and the kernel's cost is mostly
     /// per send, not per frame (loopback: ~3.5 µs for a send of one small frame, ~6 µs for
     /// sixteen). Its new frames wait until `coalesceNanos` after that send, then leave together.
-    /// A connection that got fewer frames per send is sent to at once, so a quiet room or a
-    /// single request/response exchange never waits. Without this, a loaded shard spends all of
-    /// its core sending a few frames at a time however light the load.
+    /// A connection that got fewer frames per send is sent to at once, so a quiet room never
+    /// waits; so is one whose client sent something within the window, since it may be waiting
+    /// for an answer (a sender waiting for its own message to come back must not be slowed).
+    /// Without this, a loaded shard spends all of its core sending a few frames at a time
+    /// however light the load.
     private func flushDirty() {
         releaseHeld()
         var i = 0
@@ -697,7 +699,8 @@ final class Shard {
                 if conn.closeAfterFlush && !conn.writeShut { shutWrite(conn) }
                 continue
             }
-            if conn.lastSendFrames >= Shard.holdMinFrames && now &- conn.lastSendAt < coalesceNanos && !conn.closeAfterFlush
+            if conn.lastSendFrames >= Shard.holdMinFrames && now &- conn.lastSendAt < coalesceNanos
+                && now &- conn.lastHeard >= coalesceNanos && !conn.closeAfterFlush
                 && conn.queue.count < Shard.maxIOV && conn.queuedBytes < Shard.holdBytesLimit {
                 conn.isHeld = true
                 held.append(conn)

@@ -31,7 +31,7 @@ struct StateroomServerCommand: ParsableCommand {
     @Option(help: "Cap on a client's queued outbound bytes (closed with 1008 beyond).")
     var maxPendingBytes: Int = 4 << 20
     @Option(help: "Milliseconds a busy client's frames may wait to leave in one send (0: send at once).")
-    var coalesceMs: Double = 0
+    var coalesceMs: Double = 8
     @Option(help: "Seconds between pings.")
     var heartbeatInterval: Double = 30
     @Option(help: "Seconds of silence after which a client is dropped.")

@@ -1,10 +1,12 @@
 """Send coalescing (`--coalesce-ms`) and the gathering of small frames into one send.
 
 A client whose previous send carried four or more frames is busy: its next frames wait up to the
-window so they leave together. A client that receives one frame at a time is never held. Either
-way nothing is lost or reordered.
+window so they leave together. A client that receives one frame at a time, or that has itself sent
+something within the window, is never held. Either way nothing is lost or reordered.
 """
 from __future__ import annotations
+
+import time
 
 from wsraw import OP_TEXT, RawWebSocket, encode_frame
 
@@ -29,6 +31,7 @@ def test_busy_clients_are_held_and_get_everything_in_order(server_factory):
     clients = [RawWebSocket.connect(server.host, server.port, "/ws/coalesce") for _ in range(3)]
     sender = clients[0]  # the relay sends to everyone, the sender included
     try:
+        time.sleep(0.4)  # the receivers' last words (their upgrade requests) are now older than the window
         # First burst: every client gets a send of many frames, which marks it busy.
         burst(sender, 0, 200)
         for n, ws in enumerate(clients):
@@ -66,8 +69,28 @@ def test_a_client_receiving_one_frame_at_a_time_is_never_held(server_factory):
         b.close()
 
 
-def test_without_a_window_nothing_is_held(server_factory):
-    server = server_factory(service="relay", shards=1)
+def test_a_client_that_talks_is_not_held(server_factory):
+    server = server_factory("--coalesce-ms", "500", service="relay", shards=1)
+    a, b, c = (RawWebSocket.connect(server.host, server.port, "/ws/talk") for _ in range(3))
+    try:
+        time.sleep(0.6)  # all three silent for longer than the window
+        burst(b, 0, 100)  # every client gets a send of many frames: all three are busy now
+        for n, ws in enumerate((a, b, c)):
+            expect_messages(ws, 0, 100, f"client {n}")
+        held_before = server.metric(*HELD) or 0
+        # a talks, then its own message comes back: a and b (which sent the burst) have spoken
+        # within the window and get it at once; only silent c is held.
+        a.send_text("m00100")
+        for n, ws in enumerate((a, b, c)):
+            expect_messages(ws, 100, 1, f"client {n}")
+        assert (server.metric(*HELD) or 0) - held_before == 1
+    finally:
+        for ws in (a, b, c):
+            ws.close()
+
+
+def test_with_coalescing_off_nothing_is_held(server_factory):
+    server = server_factory("--coalesce-ms", "0", service="relay", shards=1)
     clients = [RawWebSocket.connect(server.host, server.port, "/ws/default") for _ in range(2)]
     try:
         for start in (0, 300):
