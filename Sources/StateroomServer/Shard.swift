@@ -49,6 +49,9 @@ final class Shard {
     /// Busy connections whose frames wait (at most `coalesceNanos`) to leave in one send.
     @exclusivity(unchecked) private var held = Deque<Connection>()
     private let coalesceNanos: UInt64
+    /// A held connection is sent to once this much is queued: `holdBytesLimit`, or half the
+    /// slow-client cap if that is lower, so holding never makes a client look slow.
+    private let holdBytesCap: Int
     @exclusivity(unchecked) private var pendingLeaves: [Connection] = []
     @exclusivity(unchecked) private var failedRooms: [Room] = []
     @exclusivity(unchecked) private var timers = TimerQueue()
@@ -85,6 +88,7 @@ final class Shard {
         self.mailbox = mailbox
         self.stats = stats
         self.coalesceNanos = UInt64(max(config.coalesceWindow, 0) * 1e9)
+        self.holdBytesCap = min(Shard.holdBytesLimit, config.maxPendingBytes / 2)
         var l = logger
         l[metadataKey: "shard"] = "\(index)"
         self.logger = l
@@ -639,6 +643,9 @@ final class Shard {
         conn.queuedBytes += len
         count(.framesQueued)
         count(.bytesQueued, len)
+        // A held client whose queue has grown enough goes out now (its entry in `held` is
+        // then stale, and at most releases it early later).
+        if conn.isHeld && conn.queuedBytes >= holdBytesCap { conn.isHeld = false }
         markDirty(conn)
     }
 
@@ -701,7 +708,7 @@ final class Shard {
             }
             if conn.lastSendFrames >= Shard.holdMinFrames && now &- conn.lastSendAt < coalesceNanos
                 && now &- conn.lastHeard >= coalesceNanos && !conn.closeAfterFlush
-                && conn.queue.count < Shard.maxIOV && conn.queuedBytes < Shard.holdBytesLimit {
+                && conn.queue.count < Shard.maxIOV && conn.queuedBytes < holdBytesCap {
                 conn.isHeld = true
                 held.append(conn)
                 count(.sendsHeld)

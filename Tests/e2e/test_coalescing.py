@@ -15,15 +15,19 @@ SENDS = ("stateroom_sends_submitted_total",)
 FRAMES = ("stateroom_frames_queued_total",)
 
 
-def burst(ws: RawWebSocket, start: int, count: int) -> None:
+def text(i: int, size: int = 6) -> bytes:
+    return f"m{i:05d}".encode().ljust(size, b".")
+
+
+def burst(ws: RawWebSocket, start: int, count: int, size: int = 6) -> None:
     """`count` text messages in one TCP write, so the server reads them in one go."""
-    ws.send_raw(b"".join(encode_frame(OP_TEXT, f"m{i:05d}".encode()) for i in range(start, start + count)))
+    ws.send_raw(b"".join(encode_frame(OP_TEXT, text(i, size)) for i in range(start, start + count)))
 
 
-def expect_messages(ws: RawWebSocket, start: int, count: int, who: str) -> None:
+def expect_messages(ws: RawWebSocket, start: int, count: int, who: str, size: int = 6) -> None:
     for i in range(start, start + count):
         op, payload = ws.recv_message(timeout=10)
-        assert (op, payload) == (OP_TEXT, f"m{i:05d}".encode()), f"{who}: message {i} was {payload!r}"
+        assert (op, payload) == (OP_TEXT, text(i, size)), f"{who}: message {i} was {payload[:20]!r}"
 
 
 def test_busy_clients_are_held_and_get_everything_in_order(server_factory):
@@ -87,6 +91,26 @@ def test_a_client_that_talks_is_not_held(server_factory):
     finally:
         for ws in (a, b, c):
             ws.close()
+
+
+def test_holding_never_makes_a_client_look_slow(server_factory):
+    """A held client's queue stays under the slow-client cap: it is sent to once it has half."""
+    server = server_factory("--coalesce-ms", "500", "--max-pending-bytes", "4096", service="relay", shards=1)
+    a, c = (RawWebSocket.connect(server.host, server.port, "/ws/cap") for _ in range(2))
+    try:
+        time.sleep(0.6)  # c silent for longer than the window
+        burst(a, 0, 100)  # c gets one send of many frames: busy
+        expect_messages(c, 0, 100, "c")
+        burst(a, 100, 5)  # held
+        for start in (105, 130):  # two more turns of ~2.7 KB each while c would still be held
+            time.sleep(0.05)
+            burst(a, start, 25, size=100)
+        expect_messages(c, 100, 5, "c")
+        expect_messages(c, 105, 50, "c", size=100)
+        assert server.metric("stateroom_slow_client_closes_total") == 0
+    finally:
+        a.close()
+        c.close()
 
 
 def test_with_coalescing_off_nothing_is_held(server_factory):
