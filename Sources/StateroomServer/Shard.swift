@@ -777,10 +777,12 @@ final class Shard {
 
     /// Moves held connections whose window has passed back to the dirty list. The queue is in
     /// hold order, not deadline order; popping while the front is due still releases every
-    /// connection at most one window after it was held.
+    /// connection at most one window after it was held. Entries of connections already let go
+    /// early (their queue grew) are dropped as they reach the front, so they delay nobody.
     private func releaseHeld() {
-        while let conn = held.first, conn.lastSendAt &+ coalesceNanos <= now {
+        while let conn = held.first, !conn.isHeld || conn.lastSendAt &+ coalesceNanos <= now {
             held.removeFirst()
+            guard conn.isHeld else { continue }
             conn.isHeld = false
             markDirty(conn)
         }
