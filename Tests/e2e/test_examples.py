@@ -35,7 +35,7 @@ import pytest
 
 from conftest import REPO_ROOT
 import wsraw
-from wsraw import expect, recv, run, ws_connect
+from wsraw import close_code, expect, recv, run, silent, ws_connect
 
 EXAMPLES = REPO_ROOT / "Examples"
 #: example folder -> module name (stateroom.toml ``name``, else the folder's name)
@@ -84,25 +84,6 @@ def example_server(server_factory, modules):
     def start(folder: str, *extra: str):
         return server_factory("--wasm", str(modules[folder]), *extra, shards=1)
     return start
-
-
-async def silent(ws, seconds: float) -> None:
-    try:
-        got = await asyncio.wait_for(ws.recv(), seconds)
-    except asyncio.TimeoutError:
-        return
-    raise AssertionError(f"expected silence, got {got!r}")
-
-
-async def close_code(ws, timeout: float = 10.0) -> int | None:
-    async def drain():
-        try:
-            while True:
-                await ws.recv()
-        except Exception:  # ConnectionClosed*: the close handshake is done
-            pass
-    await asyncio.wait_for(drain(), timeout)
-    return ws.close_code
 
 
 # --------------------------------------------------------------------------------------------

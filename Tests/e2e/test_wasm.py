@@ -23,7 +23,7 @@ import pytest
 
 from conftest import REPO_ROOT, server_binary
 import wsraw
-from wsraw import expect, payload_with_all_bytes, recv, run, ws_connect
+from wsraw import close_code, expect, payload_with_all_bytes, recv, run, silent, ws_connect
 
 FIXTURES = REPO_ROOT / "Tests" / "WasmHostTests" / "Fixtures"
 
@@ -45,27 +45,6 @@ def wasm_server(server_factory, wasm_dir):
     def start(name: str, *extra: str):
         return server_factory("--wasm", str(wasm_dir / f"{name}.wasm"), *extra, shards=1)
     return start
-
-
-async def close_code(ws, timeout: float = 10.0) -> int | None:
-    """Read until the server closes the connection; return its close code."""
-    async def drain():
-        try:
-            while True:
-                await ws.recv()
-        except Exception:  # ConnectionClosed*: the close handshake is done
-            pass
-    await asyncio.wait_for(drain(), timeout)
-    return ws.close_code
-
-
-async def silent(ws, seconds: float) -> None:
-    """Assert that nothing arrives on ``ws`` for ``seconds``."""
-    try:
-        got = await asyncio.wait_for(ws.recv(), seconds)
-    except asyncio.TimeoutError:
-        return
-    raise AssertionError(f"expected silence, got {got!r}")
 
 
 # --------------------------------------------------------------------------------------------

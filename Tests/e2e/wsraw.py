@@ -617,6 +617,27 @@ async def expect(ws, want, timeout: float = DEFAULT_TIMEOUT):
     return got
 
 
+async def silent(ws, seconds: float) -> None:
+    """Assert that nothing arrives on ``ws`` for ``seconds``."""
+    try:
+        got = await asyncio.wait_for(ws.recv(), seconds)
+    except asyncio.TimeoutError:
+        return
+    raise AssertionError(f"expected silence, got {got!r}")
+
+
+async def close_code(ws, timeout: float = 10.0) -> int | None:
+    """Read until the server closes the connection; return its close code."""
+    async def drain():
+        try:
+            while True:
+                await ws.recv()
+        except Exception:  # ConnectionClosed*: the close handshake is done
+            pass
+    await asyncio.wait_for(drain(), timeout)
+    return ws.close_code
+
+
 async def seed_counter_scenario(server) -> None:
     """The seed README's counter, for any server serving a counter (native, wat or Swift guest):
     two clients on /ws, `increment` -> both see 1, `decrement` -> both see 0, other text and
