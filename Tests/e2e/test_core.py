@@ -374,11 +374,8 @@ def test_shards_many_rooms_independent(server_factory):
         await asyncio.gather(*(one_room(r) for r in rooms))
 
     run(main())
-    handoffs = server.metric("stateroom_handoffs_total", "stateroom_connection_handoffs_total",
-                             "stateroom_handoffs")
-    if handoffs is not None:
-        # 36 connections on 3 shards: at least some were accepted on a shard that doesn't own the room
-        assert handoffs > 0, "36 connections over 12 rooms on 3 shards, but no handoff counted"
+    # 36 connections on 3 shards: some were accepted on a shard that doesn't own the room
+    assert (server.metric("stateroom_handoffs_total") or 0) > 0, "36 connections over 12 rooms on 3 shards, but no handoff counted"
 
 
 def test_many_clients_receive_all_messages_in_order(server_factory):
@@ -488,10 +485,7 @@ def test_handshake_and_first_frame_in_one_write_across_shards(server_factory):
             raw.send_text("increment")
             assert raw.recv_message(5, pongs=pongs) == (OP_TEXT, b"new value: 2"), room
             assert [p.payload for p in pongs] == [b"pp"], pongs
-    handoffs = server.metric("stateroom_handoffs_total", "stateroom_connection_handoffs_total",
-                             "stateroom_handoffs")
-    if handoffs is not None:
-        assert handoffs > 0, "12 rooms on 3 shards, but no handoff counted"
+    assert (server.metric("stateroom_handoffs_total") or 0) > 0, "12 rooms on 3 shards, but no handoff counted"
 
 
 def test_dribbled_handshake_and_frames(server_factory):
