@@ -7,7 +7,7 @@ final class ShardStats: Sendable {
         case connectionsAccepted, connectionsOpen, webSocketsOpen, handoffsOut, handoffsIn
         case roomsActive, roomsCreated, roomFailures, messagesReceived, framesQueued, bytesQueued
         case sendsSubmitted, slowClientCloses, protocolErrorCloses, heartbeatTimeouts, httpErrors
-        case acceptErrors, pingsSent, sendsHeld
+        case acceptErrors, pingsSent, sendsHeld, coalesceWindowMicros, busyPermille
 
         var name: String {
             switch self {
@@ -30,10 +30,17 @@ final class ShardStats: Sendable {
             case .acceptErrors: "stateroom_accept_errors_total"
             case .pingsSent: "stateroom_pings_sent_total"
             case .sendsHeld: "stateroom_sends_held_total"
+            case .coalesceWindowMicros: "stateroom_coalesce_window_microseconds"
+            case .busyPermille: "stateroom_shard_busy_permille"
             }
         }
 
-        var isGauge: Bool { self == .connectionsOpen || self == .webSocketsOpen || self == .roomsActive }
+        var isGauge: Bool {
+            self == .connectionsOpen || self == .webSocketsOpen || self == .roomsActive || isPerShard
+        }
+
+        /// A shard's own state, with no meaningful sum: rendered per shard only.
+        var isPerShard: Bool { self == .coalesceWindowMicros || self == .busyPermille }
     }
 
     private let values = Mutex([Int](repeating: 0, count: Counter.allCases.count))
@@ -58,7 +65,7 @@ func renderMetrics(_ shards: [ShardStats]) -> String {
             total += v
             out += "\(c.name){shard=\"\(i)\"} \(v)\n"
         }
-        out += "\(c.name) \(total)\n"
+        if !c.isPerShard { out += "\(c.name) \(total)\n" }
     }
     return out
 }

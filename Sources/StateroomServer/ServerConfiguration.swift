@@ -24,6 +24,9 @@ public struct ServerConfiguration: Sendable {
     /// ago, and whose client has not sent anything for as long, waits; one that receives frames
     /// one to three at a time, or whose client is talking, is sent to at once.
     public var coalesceWindow: Double = 0.008
+    /// Longest the window grows to while a shard is busy (more than 60% of its time on a CPU);
+    /// it shrinks back to `coalesceWindow` when the load drops. At or below `coalesceWindow`: fixed.
+    public var coalesceLimit: Double = 0.016
     /// How long a client closed for being slow may still drain before its TCP connection is cut.
     public var slowClientGrace: Double = 5
     /// Seconds between pings.

@@ -46,9 +46,13 @@ final class Shard {
     private var freeSlots: [UInt32] = []
     private var rooms: [String: Room] = [:]
     @exclusivity(unchecked) private var dirty: [Connection] = []
-    /// Busy connections whose frames wait (at most `coalesceNanos`) to leave in one send.
+    /// Busy connections whose frames wait (at most `window.current`) to leave in one send.
     @exclusivity(unchecked) private var held = Deque<Connection>()
-    private let coalesceNanos: UInt64
+    @exclusivity(unchecked) private var window: CoalesceWindow
+    private var coalesceNanos: UInt64 { window.current }
+    /// Start of the current load epoch (wall clock) and the thread's CPU time then.
+    private var epochStart: UInt64 = 0
+    private var epochCPU: UInt64 = 0
     /// A held connection is sent to once this much is queued: `holdBytesLimit`, or half the
     /// slow-client cap if that is lower, so holding never makes a client look slow.
     private let holdBytesCap: Int
@@ -87,7 +91,8 @@ final class Shard {
         self.listenerFD = listenerFD
         self.mailbox = mailbox
         self.stats = stats
-        self.coalesceNanos = UInt64(max(config.coalesceWindow, 0) * 1e9)
+        self.window = CoalesceWindow(base: UInt64(max(config.coalesceWindow, 0) * 1e9),
+                                     limit: UInt64(max(config.coalesceLimit, 0) * 1e9))
         self.holdBytesCap = min(Shard.holdBytesLimit, config.maxPendingBytes / 2)
         var l = logger
         l[metadataKey: "shard"] = "\(index)"
@@ -127,6 +132,9 @@ final class Shard {
         if config.heartbeatInterval > 0 {
             timers.schedule(at: monotonicNanos() + nanos(config.heartbeatInterval), .heartbeat)
         }
+        epochStart = monotonicNanos()
+        epochCPU = threadCPUNanos()
+        counters[ShardStats.Counter.coalesceWindowMicros.rawValue] = Int(window.current / 1000)
         while running {
             var timeout: Int64 = -1
             now = monotonicNanos()
@@ -149,6 +157,7 @@ final class Shard {
             runTimers()
             drainPending()
             flushDirty()
+            if now &- epochStart >= CoalesceWindow.epoch { measureLoad() }
             // /metrics may lag by a millisecond; a busy loop takes the stats lock at most 1000 times a second.
             if now &- lastPublish >= 1_000_000 || !running {
                 stats.publish(counters)
@@ -163,6 +172,18 @@ final class Shard {
     }
 
     private func nanos(_ seconds: Double) -> UInt64 { UInt64(max(seconds, 0) * 1e9) }
+
+    /// Ends a load epoch: the share of it this thread spent on a CPU sets the coalescing window.
+    /// An idle loop sleeps through epochs; the first turn after counts the whole gap as one.
+    private func measureLoad() {
+        let cpu = threadCPUNanos()
+        let busy = Double(cpu &- epochCPU) / Double(now &- epochStart)
+        epochStart = now
+        epochCPU = cpu
+        if window.adapts { window.update(busy: busy) }
+        counters[ShardStats.Counter.busyPermille.rawValue] = Int(min(busy, 1) * 1000)
+        counters[ShardStats.Counter.coalesceWindowMicros.rawValue] = Int(window.current / 1000)
+    }
 
     private func handle(_ c: Completion) {
         switch c.tag.op {

@@ -32,6 +32,8 @@ struct StateroomServerCommand: ParsableCommand {
     var maxPendingBytes: Int = 4 << 20
     @Option(help: "Milliseconds a busy client's frames may wait to leave in one send (0: send at once).")
     var coalesceMs: Double = 8
+    @Option(help: "Milliseconds the coalescing window may grow to while a shard is busy (at most --coalesce-ms: fixed).")
+    var coalesceMaxMs: Double = 16
     @Option(help: "Seconds between pings.")
     var heartbeatInterval: Double = 30
     @Option(help: "Seconds of silence after which a client is dropped.")
@@ -55,6 +57,7 @@ struct StateroomServerCommand: ParsableCommand {
         }
         if let s = shards, s < 1 || s > 1024 { throw ValidationError("--shards must be between 1 and 1024") }
         if !(0...1000).contains(coalesceMs) { throw ValidationError("--coalesce-ms must be between 0 and 1000") }
+        if !(0...1000).contains(coalesceMaxMs) { throw ValidationError("--coalesce-max-ms must be between 0 and 1000") }
         if maxMessageSize < 1 { throw ValidationError("--max-message-size must be positive") }
         if maxPendingBytes < 1024 { throw ValidationError("--max-pending-bytes must be at least 1024") }
     }
@@ -76,6 +79,7 @@ struct StateroomServerCommand: ParsableCommand {
         config.maxMessageSize = maxMessageSize
         config.maxPendingBytes = maxPendingBytes
         config.coalesceWindow = coalesceMs / 1000
+        config.coalesceLimit = coalesceMaxMs / 1000
         config.heartbeatInterval = heartbeatInterval
         config.heartbeatTimeout = heartbeatTimeout
         config.staticDirectory = `static`

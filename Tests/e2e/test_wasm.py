@@ -17,6 +17,7 @@ import asyncio
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,65 @@ def test_wasm_fault_closes_room_1011_and_spares_the_other_room(wasm_server, faul
             await expect(again, "hello again")
     run(main())
     server.assert_alive()
+
+
+# --------------------------------------------------------------------------------------------
+# a busy shard widens its send-coalescing window, and narrows it again once idle
+# --------------------------------------------------------------------------------------------
+
+WINDOW = "stateroom_coalesce_window_microseconds"
+
+
+def _spin_rooms(server, count: int) -> None:
+    """Keeps the shard's thread on the CPU: each `spin` runs until the callback budget ends it
+    (tens of milliseconds at least), then that room closes with 1011."""
+    async def main():
+        for i in range(count):
+            async with ws_connect(server.ws_url(f"spin-{i}")) as ws:
+                await ws.send("spin")
+                assert await close_code(ws) == 1011
+    run(main())
+
+
+def _window(server) -> float:
+    value = server.metric(WINDOW)
+    assert value is not None, f"/metrics has no {WINDOW}"
+    return value
+
+
+def test_busy_shard_widens_the_coalescing_window_and_narrows_it_when_idle(wasm_server):
+    server = wasm_server("loop", "--coalesce-ms", "2", "--coalesce-max-ms", "40")
+    assert _window(server) == 2000
+    _spin_rooms(server, 4)
+    peak = 0.0
+    deadline = time.monotonic() + 2
+    while peak <= 2000 and time.monotonic() < deadline:  # the gauge is published within 1 ms
+        peak = max(peak, _window(server))
+        time.sleep(0.01)
+    assert 2000 < peak <= 40_000, f"window after a busy spell: {peak} µs"
+    # Idle, it shrinks by a quarter per load measurement (one per 50 ms while the loop wakes,
+    # which these /metrics requests make it do).
+    deadline = time.monotonic() + 5
+    while _window(server) > 2000 and time.monotonic() < deadline:
+        time.sleep(0.06)
+    assert _window(server) == 2000
+    server.assert_alive()
+
+
+def test_coalescing_window_stays_fixed_when_the_limit_is_not_above_it(wasm_server):
+    server = wasm_server("loop", "--coalesce-ms", "2", "--coalesce-max-ms", "2")
+    _spin_rooms(server, 3)
+    for _ in range(5):
+        assert _window(server) == 2000
+        time.sleep(0.06)
+
+
+def test_coalescing_off_stays_off_on_a_busy_shard(wasm_server):
+    server = wasm_server("loop", "--coalesce-ms", "0", "--coalesce-max-ms", "40")
+    _spin_rooms(server, 3)
+    for _ in range(5):
+        assert _window(server) == 0
+        time.sleep(0.06)
 
 
 # --------------------------------------------------------------------------------------------
