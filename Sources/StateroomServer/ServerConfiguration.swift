@@ -19,7 +19,8 @@ public struct ServerConfiguration: Sendable {
     public var maxMessageSize = 16 << 20
     /// Cap on a socket's queued outbound bytes (1008 beyond).
     public var maxPendingBytes = 4 << 20
-    /// Seconds a busy connection's frames may wait so they leave in one send (0: never wait).
+    /// Seconds a busy connection's frames may wait so they leave in one send (0: never wait),
+    /// while the shard has time to spare; a busy shard waits longer, up to `coalesceLimit`.
     /// Only a connection whose previous send carried four or more frames, less than this long
     /// ago, and whose client has not sent anything for as long, waits; one that receives frames
     /// one to three at a time, or whose client is talking, is sent to at once.

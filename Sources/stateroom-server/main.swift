@@ -30,7 +30,7 @@ struct StateroomServerCommand: ParsableCommand {
     var maxMessageSize: Int = 16 << 20
     @Option(help: "Cap on a client's queued outbound bytes (closed with 1008 beyond).")
     var maxPendingBytes: Int = 4 << 20
-    @Option(help: "Milliseconds a busy client's frames may wait to leave in one send (0: send at once).")
+    @Option(help: "Milliseconds a busy client's frames may wait to leave in one send (0: send at once); a busy shard waits longer, up to --coalesce-max-ms.")
     var coalesceMs: Double = 8
     @Option(help: "Milliseconds the coalescing window may grow to while a shard is busy (at most --coalesce-ms: fixed).")
     var coalesceMaxMs: Double = 16
