@@ -8,7 +8,9 @@ Covered: the seed counter scenario served by a wasm counter; timers (fire, re-ar
 ``Client`` and ``EveryoneExcept`` recipients; binary round trip byte for byte; every faulty
 fixture closes its room's clients with 1011 while a second room on the same (single) shard keeps
 getting every one of its messages, in order; the next connect to a failed room starts afresh;
-modules that cannot serve are refused at start-up with an error naming the fault.
+modules that cannot serve are refused at start-up with an error naming the fault. The ``loop``
+fixture also serves to keep a shard busy: its send-coalescing window widens, then narrows once
+idle, and stays put when fixed or off.
 """
 
 from __future__ import annotations
@@ -231,19 +233,13 @@ def test_busy_shard_widens_the_coalescing_window_and_narrows_it_when_idle(wasm_s
     server.assert_alive()
 
 
-def test_coalescing_window_stays_fixed_when_the_limit_is_not_above_it(wasm_server):
-    server = wasm_server("loop", "--coalesce-ms", "2", "--coalesce-max-ms", "2")
+@pytest.mark.parametrize("base_ms,max_ms,window_us", [("2", "2", 2000), ("0", "40", 0)],
+                         ids=["limit-not-above-base-is-fixed", "off-stays-off"])
+def test_coalescing_window_does_not_move_when_it_must_not(wasm_server, base_ms, max_ms, window_us):
+    server = wasm_server("loop", "--coalesce-ms", base_ms, "--coalesce-max-ms", max_ms)
     _spin_rooms(server, 3)
     for _ in range(5):
-        assert _window(server) == 2000
-        time.sleep(0.06)
-
-
-def test_coalescing_off_stays_off_on_a_busy_shard(wasm_server):
-    server = wasm_server("loop", "--coalesce-ms", "0", "--coalesce-max-ms", "40")
-    _spin_rooms(server, 3)
-    for _ in range(5):
-        assert _window(server) == 0
+        assert _window(server) == window_us
         time.sleep(0.06)
 
 
