@@ -145,6 +145,13 @@ final class Shard {
                 if timeout < 0 || t < timeout { timeout = t }
             }
             if publishPending && (timeout < 0 || timeout > 1_000_000) { timeout = 1_000_000 }
+            // After load, the loop wakes once per epoch until the window is back at its base and
+            // the busy gauge at zero, so neither stays stale through an idle spell.
+            if window.current > window.base || counters[ShardStats.Counter.busyPermille.rawValue] > 0 {
+                let d = epochStart &+ CoalesceWindow.epoch
+                let t: Int64 = d > now ? Int64(d - now) : 0
+                if timeout < 0 || t < timeout { timeout = t }
+            }
             // The clock is read again once the wait is over, so what the handlers stamp
             // (a client's last words, deadlines) is not as old as the wait.
             var woke = false
