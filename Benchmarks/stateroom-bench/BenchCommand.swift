@@ -98,6 +98,9 @@ struct BenchCommand: ParsableCommand {
         if closedLoop && rate != nil { throw ValidationError("--rate and --closed-loop exclude each other") }
         if compare != nil && (spawn != nil || serverPid != nil) { throw ValidationError("--compare spawns its own servers; drop --spawn/--server-pid") }
         if rounds < 1 { throw ValidationError("--rounds must be at least 1") }
+        if let pid = serverPid, processCPUSeconds(pid) == nil {
+            throw ValidationError("--server-pid \(pid): no such process (cannot read /proc/\(pid)/stat)")
+        }
         for (_, s) in try scenarios() { try s.validate() }
     }
 

@@ -42,6 +42,11 @@ enum Report {
         if r.disturbed {
             out += "\n\nWARNING: a compiler (swift-build/swift-frontend) ran on this machine during the run: the numbers are suspect."
         }
+        if r.serverLooksIdle, let pid = r.serverPid {
+            out += "\n\nWARNING: process \(pid) used no CPU while \(r.deliveriesReceived) deliveries went through: "
+                + "it is probably a shell or wrapper, not the server. Give the server's own PID "
+                + "(e.g. --server-pid $(pgrep -f stateroom-server)) or let the bench start it (--spawn)."
+        }
         if r.benchSaturated {
             out += "\n\nWARNING: the bench was saturated (a load thread busy \(Int(100 * r.benchBusiestThreadUtilization))% of the window): "
                 + "deliveries/s and latency may show the bench, not the server. Compare servers by CPU per delivery, "

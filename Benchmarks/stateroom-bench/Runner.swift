@@ -36,6 +36,10 @@ struct RunResult: Codable, Sendable {
     var serverCPUSecondsPerMillionDeliveries: Double?
     var serverCPUMicrosecondsPerDelivery: Double?
     var serverCPUUtilization: Double?
+    /// The process given as the server was charged no CPU at all while at least
+    /// `idleServerDeliveries` went through (a server needs ~0.1 µs per delivery even when it
+    /// batches hard: two clock ticks): most likely a shell or wrapper around the server.
+    var serverLooksIdle: Bool
     var benchCPUSeconds: Double
     var benchCPUUtilization: Double
     var benchBusiestThreadUtilization: Double
@@ -70,6 +74,9 @@ struct ProgressPrinter {
 }
 
 /// CPU seconds (user + system) a process has used, from /proc/PID/stat; nil if it is gone.
+/// Deliveries in a window after which a server charged no CPU at all is suspect.
+let idleServerDeliveries = 200_000
+
 func processCPUSeconds(_ pid: Int32) -> Double? {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
           let close = text.lastIndex(of: ")") else { return nil }
@@ -277,6 +284,7 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
             serverCPU = b - a + (sb - sa)
         }
     }
+    let serverLooksIdle = serverCPU.map { $0 == 0 && total.windowDeliveries >= idleServerDeliveries } ?? false
     let benchCPU = ownCPUEnd - ownCPUStart
     let benchUtil = benchCPU / window
     // Saturated: the busiest load thread was on CPU nearly all of the window, so the server may
@@ -304,7 +312,7 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
         latency: latency, serverPid: serverPid, serverCPUSeconds: serverCPU, serverSoftirqCPUSeconds: serverSoftirq,
         serverCPUSecondsPerMillionDeliveries: serverCPU.map { $0 / max(Double(total.windowDeliveries), 1) * 1e6 },
         serverCPUMicrosecondsPerDelivery: serverCPU.map { $0 / max(Double(total.windowDeliveries), 1) * 1e6 },
-        serverCPUUtilization: serverCPU.map { $0 / window },
+        serverCPUUtilization: serverCPU.map { $0 / window }, serverLooksIdle: serverLooksIdle,
         benchCPUSeconds: benchCPU, benchCPUUtilization: benchUtil, benchBusiestThreadUtilization: busiest,
         benchSaturated: saturated, disturbed: disturbed, passed: failures.isEmpty, failures: failures)
 }

@@ -112,6 +112,36 @@ def test_loss_fails_the_run(server_factory, bench_binary):
     assert any("lost" in f for f in report["failures"]), report["failures"]
 
 
+def test_server_pid_of_no_process_is_refused(bench_binary):
+    proc = subprocess.run([str(bench_binary), "--server-pid", str(2**22 + 1), "--rooms", "1",
+                           "--clients-per-room", "1", "--duration", "0.1"],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    assert proc.returncode != 0
+    assert "no such process" in proc.stderr, proc.stderr[-2000:]
+
+
+def test_a_server_pid_that_is_not_the_server_is_flagged(server_factory, bench_binary):
+    """A PID charged no CPU while a million deliveries went through is a wrapper, not the
+    server (e.g. the shell of `cd dir && server &`): the report says so. The real PID is not."""
+    srv = server_factory(service="relay", shards=1)
+    load = ["--url", f"ws://127.0.0.1:{srv.port}", "--rooms", "1", "--clients-per-room", "300",
+            "--senders", "8", "--closed-loop", "--warmup", "0.3", "--duration", "2"]
+    bystander = subprocess.Popen(["sleep", "60"])
+    try:
+        rc, report, err = run_bench(bench_binary, *load, "--server-pid", str(bystander.pid))
+    finally:
+        bystander.kill()
+        bystander.wait()
+    assert rc == 0, f"{report.get('failures')}\n{err[-2000:]}"
+    assert report["deliveriesReceived"] >= 200_000, "too few deliveries for the check to apply"
+    assert report["serverCPUSeconds"] == 0 and report["serverLooksIdle"] is True, report
+
+    rc, report, err = run_bench(bench_binary, *load, "--server-pid", str(srv.proc.pid))
+    assert rc == 0, f"{report.get('failures')}\n{err[-2000:]}"
+    assert report["serverCPUSeconds"] > 0 and report["serverLooksIdle"] is False, report
+    srv.assert_alive()
+
+
 def test_spawn_reads_server_cpu(bench_binary):
     binary = REPO_ROOT / ".build" / "release" / "stateroom-server"
     if not binary.exists():
