@@ -133,7 +133,8 @@ def test_a_server_pid_that_is_not_the_server_is_flagged(server_factory, bench_bi
         bystander.kill()
         bystander.wait()
     assert rc == 0, f"{report.get('failures')}\n{err[-2000:]}"
-    assert report["deliveriesReceived"] >= 200_000, "too few deliveries for the check to apply"
+    in_window = report["deliveriesPerSecond"] * report["windowSeconds"]
+    assert in_window >= 200_000, f"{in_window:.0f} deliveries in the window: too few for the check to apply"
     assert report["serverCPUSeconds"] == 0 and report["serverLooksIdle"] is True, report
 
     rc, report, err = run_bench(bench_binary, *load, "--server-pid", str(srv.proc.pid))
