@@ -228,7 +228,8 @@ def test_busy_shard_widens_the_coalescing_window_and_narrows_it_when_idle(wasm_s
     # anything waking the loop: wait without asking, then look.
     time.sleep(1.5)
     assert _window(server) == 2000
-    assert server.metric("stateroom_shard_busy_permille") == 0
+    # The busy gauge shows idle too (these /metrics requests cost the shard a little).
+    assert server.metric("stateroom_shard_busy_permille") < 50
     server.assert_alive()
 
 
