@@ -28,6 +28,13 @@ public final class UringEventLoop: EventLoopBackend {
     /// Size 0 when the table could not be registered: then descriptors are used as they are.
     private let fixedCount: Int
     private let fixed: UnsafeMutablePointer<Bool>
+    /// Sends prepared since the last submit. A fan-out to a thousand sockets done in one
+    /// `io_uring_enter` keeps the thread in the kernel for milliseconds with no point to
+    /// reschedule: once something else wants the core, every send's network softirq stops early
+    /// and its rest is handed to ksoftirqd, which runs only after the whole batch, late. Submitting
+    /// every `sendBatch` sends returns to user space often enough that this does not happen.
+    private var unsubmittedSends = 0
+    public static let sendBatch = 32
 
     public init(_ config: EventLoopConfiguration) throws {
         precondition(config.receiveBufferCount > 0 && config.receiveBufferCount & (config.receiveBufferCount - 1) == 0,
@@ -115,6 +122,7 @@ public final class UringEventLoop: EventLoopBackend {
         cu_prep_sendmsg(s, fd, message, UInt32(MSG_NOSIGNAL))
         useFixedFile(s, fd)
         cu_sqe_set_data64(s, tag.rawValue)
+        submitIfBatchFull()
     }
 
     public func send(fd: Int32, bytes: UnsafeRawPointer, count: Int, tag: Tag) {
@@ -123,6 +131,7 @@ public final class UringEventLoop: EventLoopBackend {
         cu_prep_send(s, fd, bytes, count, Int32(MSG_NOSIGNAL))
         useFixedFile(s, fd)
         cu_sqe_set_data64(s, tag.rawValue)
+        submitIfBatchFull()
     }
 
     public func readWake(fd: Int32, into: UnsafeMutableRawPointer, tag: Tag) {
@@ -165,13 +174,24 @@ public final class UringEventLoop: EventLoopBackend {
         }
     }
 
+    @inline(__always)
+    private func submitIfBatchFull() {
+        unsubmittedSends += 1
+        if unsubmittedSends >= UringEventLoop.sendBatch {
+            unsubmittedSends = 0
+            _ = cu_submit(ring)
+        }
+    }
+
     public func flush() {
         publishRecycled()
+        unsubmittedSends = 0
         _ = cu_submit(ring)
     }
 
     public func poll(timeoutNanoseconds: Int64, _ body: (Completion) -> Void) {
         publishRecycled()
+        unsubmittedSends = 0
         let r = cu_submit_and_wait_timeout(ring, 1, timeoutNanoseconds)
         if r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY {
             // Nothing sensible to do but report; the loop goes on.

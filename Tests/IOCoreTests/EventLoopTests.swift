@@ -218,6 +218,42 @@ struct EventLoopTests {
         #expect(Array(buf[0..<again.count]) == again)
     }
 
+    @Test("a long run of sends reaches the kernel before the loop next waits", arguments: EventLoopConfiguration.Backend.allCases)
+    func longSendRunIsSubmittedInBatches(backend: EventLoopConfiguration.Backend) throws {
+        let loop = try makeLoop(backend)
+        let listener = try armedListener(loop)
+        defer { Socket.close(listener.fd) }
+        let peer = connectClient(port: listener.port)
+        defer { close(peer) }
+        let server = acceptNext(loop)
+        defer { loop.forget(fd: server); close(server) }
+        let count = UringEventLoop.sendBatch + 8
+        // Custody: the bytes stay alive until every send has completed (polled below).
+        let bytes = UnsafeMutablePointer<UInt8>.allocate(capacity: count)
+        defer { bytes.deallocate() }
+        for i in 0..<count {
+            bytes[i] = UInt8(truncatingIfNeeded: i)
+            loop.send(fd: server, bytes: bytes + i, count: 1, tag: IOCore.Tag(op: .send, slot: 1, generation: UInt32(i)))
+        }
+        // No poll yet: at least the first full batch must already be on the wire.
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var got: [UInt8] = []
+        var buf = [UInt8](repeating: 0, count: 256)
+        while got.count < UringEventLoop.sendBatch {
+            let n = recv(peer, &buf, buf.count, 0)
+            if n <= 0 { break }
+            got += buf[0..<n]
+        }
+        #expect(got.count >= UringEventLoop.sendBatch, "only \(got.count) bytes arrived before the loop polled")
+        #expect(got == (0..<got.count).map { UInt8(truncatingIfNeeded: $0) })
+        var completed = 0
+        expectPoll(loop) { c in
+            if c.tag.op == .send && c.result == 1 { completed += 1 }
+            return completed == count
+        }
+    }
+
     @Test("a mailbox post wakes the loop through its eventfd", arguments: EventLoopConfiguration.Backend.allCases)
     func mailboxWake(backend: EventLoopConfiguration.Backend) throws {
         let loop = try makeLoop(backend)
