@@ -183,13 +183,13 @@ final class Worker: @unchecked Sendable {
             var now = monotonicNanos()
             if !inWindow && now >= clock.measureStart {
                 inWindow = true
-                cpuAtWindow = threadCPUSeconds()
+                cpuAtWindow = Double(threadCPUNanos()) / 1e9
             }
             var wait: Int64 = 5_000_000
             if !stopped {
                 if now >= clock.measureEnd {
                     stopped = true
-                    tally.cpuSeconds = threadCPUSeconds() - cpuAtWindow
+                    tally.cpuSeconds = Double(threadCPUNanos()) / 1e9 - cpuAtWindow
                     tally.windowSeconds = Double(clock.measureEnd - clock.measureStart) / 1e9
                     var owed = 0
                     for s in senders { owed += s.sentCount * roomSizes[s.room] }
@@ -377,11 +377,4 @@ final class Worker: @unchecked Sendable {
             }
         }
     }
-}
-
-/// CPU seconds used by the calling thread.
-func threadCPUSeconds() -> Double {
-    var ts = timespec()
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
-    return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
 }

@@ -107,6 +107,13 @@ public func monotonicNanos() -> UInt64 {
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
+/// CPU time the calling thread has used (user and system), in nanoseconds.
+public func threadCPUNanos() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
+}
+
 /// Writes `text` to standard error unbuffered (safe from any thread).
 public func writeStandardError(_ text: String) {
     cu_write_stderr(text)

@@ -1,5 +1,3 @@
-import Glibc
-
 /// The send-coalescing window of one shard. It is `base` while the shard has time to spare and
 /// grows, up to `limit`, while the shard is busy: a held send carries more frames the longer the
 /// window, and the kernel's cost is mostly per send, so a longer window frees the core exactly
@@ -35,11 +33,4 @@ struct CoalesceWindow {
             current = max(base, current - current / 4)
         }
     }
-}
-
-/// CPU time the calling thread has used, in nanoseconds.
-func threadCPUNanos() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
 }
