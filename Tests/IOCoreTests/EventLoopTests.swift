@@ -60,6 +60,28 @@ private func acceptNext(_ loop: any EventLoopBackend, sourceLocation: SourceLoca
     return fd
 }
 
+/// A loopback connection accepted through `loop`; `close()` forgets and closes all three ends.
+private struct Connected {
+    let loop: any EventLoopBackend
+    let listener: Int32
+    let client: Int32
+    let server: Int32
+
+    init(_ loop: any EventLoopBackend, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        self.loop = loop
+        let l = try armedListener(loop)
+        listener = l.fd
+        client = connectClient(port: l.port)
+        server = acceptNext(loop, sourceLocation: sourceLocation)
+    }
+
+    func close() {
+        if server >= 0 { loop.forget(fd: server); Glibc.close(server) }
+        Glibc.close(client)
+        Socket.close(listener)
+    }
+}
+
 @Suite("event loop", .serialized)
 struct EventLoopTests {
     @Test("user_data tag round-trips op, slot and generation", arguments: [OpKind.accept, .recv, .send, .wake, .cancel])
@@ -163,12 +185,9 @@ struct EventLoopTests {
     @Test("cancel ends an armed receive", arguments: EventLoopConfiguration.Backend.allCases)
     func cancelReceive(backend: EventLoopConfiguration.Backend) throws {
         let loop = try makeLoop(backend)
-        let listener = try armedListener(loop)
-        defer { Socket.close(listener.fd) }
-        let client = connectClient(port: listener.port)
-        defer { close(client) }
-        let server = acceptNext(loop)
-        defer { close(server) }
+        let conn = try Connected(loop)
+        defer { conn.close() }
+        let server = conn.server
         let tag = IOCore.Tag(op: .recv, slot: 1, generation: 9)
         loop.armReceive(fd: server, tag: tag, multishot: true)
         loop.poll(timeoutNanoseconds: 1_000_000) { _ in }
@@ -178,7 +197,6 @@ struct EventLoopTests {
             if c.tag == tag { ended = !c.more && c.result < 0 }
             return ended
         }
-        loop.forget(fd: server)
     }
 
     /// io_uring keeps a socket it has used in its registered-file table, which holds a reference:
@@ -221,12 +239,9 @@ struct EventLoopTests {
     @Test("a long run of sends reaches the kernel before the loop next waits", arguments: EventLoopConfiguration.Backend.allCases)
     func longSendRunIsSubmittedInBatches(backend: EventLoopConfiguration.Backend) throws {
         let loop = try makeLoop(backend)
-        let listener = try armedListener(loop)
-        defer { Socket.close(listener.fd) }
-        let peer = connectClient(port: listener.port)
-        defer { close(peer) }
-        let server = acceptNext(loop)
-        defer { loop.forget(fd: server); close(server) }
+        let conn = try Connected(loop)
+        defer { conn.close() }
+        let (peer, server) = (conn.client, conn.server)
         let count = UringEventLoop.sendBatch + 8
         // Custody: the bytes stay alive until every send has completed (polled below).
         let bytes = UnsafeMutablePointer<UInt8>.allocate(capacity: count)
