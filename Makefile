@@ -46,7 +46,7 @@ clean:
 # which live in their own package so that they stay out of `make test`'s build.
 # `make bench-compare` runs every load scenario against our server and uWebSockets (socketify),
 # interleaved rounds, server on CPU 0 and the bench on CPU 1.
-.PHONY: bench bench-compare
+.PHONY: bench bench-compare floor
 bench:
 	cd Benchmarks && $(SWIFT) package benchmark
 
@@ -55,6 +55,15 @@ bench-compare: build
 	@dpkg-query -W -f='$${Status}' libuv1 2>/dev/null | grep -q "ok installed" || apt-get install -y -qq libuv1
 	@$(PYTHON) -c "import socketify" 2>/dev/null || $(PYTHON) -m pip install -q --disable-pip-version-check socketify
 	taskset -c 1 .build/release/stateroom-bench --scenario all --compare ours --rounds 3 --chart bench-latency.svg
+
+# `make floor` measures the kernel's loopback floor with no WebSocket work (Benchmarks/floor/floor.c):
+# sender CPU per 66-byte frame through plain send() and through io_uring, interleaved; sender on
+# CPU 0, receiver on CPU 1. FLOOR_ARGS passes options (e.g. FLOOR_ARGS="--batch 0 --repeats 7").
+CC ?= cc
+floor: deps
+	@mkdir -p .build
+	$(CC) -O2 -Wall -Wextra -o .build/floor Benchmarks/floor/floor.c -luring -lpthread
+	.build/floor $(FLOOR_ARGS)
 
 # Swift services compiled to wasm (Examples/*, README "Services in Swift, compiled to wasm"):
 # `make examples` builds the stateroom CLI and every example to Examples/<name>/dist/<name>.wasm
