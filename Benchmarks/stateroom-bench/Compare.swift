@@ -23,6 +23,8 @@ struct Medians: Codable, Sendable {
     var serverMicrosecondsPerDelivery: Double?
     var serverCPUUtilization: Double?
     var benchCPUUtilization: Double
+    /// Open loop: p99 of how late the bench sent against its schedule (nil in closed loop).
+    var benchSendLagP99Micros: Double?
     var benchSaturatedRuns: Int
     var lost: Int
     var reordered: Int
@@ -65,6 +67,7 @@ func median(_ xs: [Double]) -> Double {
 func medians(_ runs: [RunResult]) -> Medians {
     let cpu = runs.compactMap(\.serverCPUMicrosecondsPerDelivery)
     let util = runs.compactMap(\.serverCPUUtilization)
+    let lag = runs.compactMap(\.senderLag?.p99Micros)
     return Medians(
         deliveriesPerSecond: median(runs.map(\.deliveriesPerSecond)),
         p50Micros: median(runs.map(\.latency.p50Micros)),
@@ -73,6 +76,7 @@ func medians(_ runs: [RunResult]) -> Medians {
         serverMicrosecondsPerDelivery: cpu.isEmpty ? nil : median(cpu),
         serverCPUUtilization: util.isEmpty ? nil : median(util),
         benchCPUUtilization: median(runs.map(\.benchBusiestThreadUtilization)),
+        benchSendLagP99Micros: lag.isEmpty ? nil : median(lag),
         benchSaturatedRuns: runs.filter(\.benchSaturated).count,
         lost: runs.map(\.lost).reduce(0, +),
         reordered: runs.map { $0.reordered + $0.gaps }.reduce(0, +),
@@ -143,14 +147,20 @@ func runComparison(_ group: ComparisonGroup, scenario: Scenario, scenarioName: S
 func comparisonTable(_ g: GroupReport) -> String {
     var out = "\(g.group) — \(g.scenarioName): \(g.scenario.summary); medians of \(g.rounds) interleaved rounds\n"
     if let why = g.skipped { return out + "SKIPPED: \(why)\n" }
-    var t = TextTable(header: ["variant", "deliveries/s", "p50", "p99", "p99.9", "server µs/delivery", "server CPU", "bench busiest thread", "lost", "reordered", "failed runs"])
+    let openLoop = g.variants.contains { $0.median.benchSendLagP99Micros != nil }
+    var header = ["variant", "deliveries/s", "p50", "p99", "p99.9", "server µs/delivery", "server CPU", "bench busiest thread"]
+    if openLoop { header.append("bench send lag p99") }
+    header += ["lost", "reordered", "failed runs"]
+    var t = TextTable(header: header)
     for v in g.variants {
         let m = v.median
-        t.rows.append([v.name, formatCount(m.deliveriesPerSecond), Report.micros(m.p50Micros), Report.micros(m.p99Micros),
-                       Report.micros(m.p999Micros), m.serverMicrosecondsPerDelivery.map { String(format: "%.3f", $0) } ?? "n/a",
-                       m.serverCPUUtilization.map { String(format: "%.0f%%", 100 * $0) } ?? "n/a",
-                       String(format: "%.0f%%", 100 * m.benchCPUUtilization) + (m.benchSaturatedRuns > 0 ? " SATURATED" : ""),
-                       "\(m.lost)", "\(m.reordered)", "\(m.failedRuns)/\(v.runs.count)"])
+        var row: [String] = [v.name, formatCount(m.deliveriesPerSecond), Report.micros(m.p50Micros), Report.micros(m.p99Micros),
+                             Report.micros(m.p999Micros), m.serverMicrosecondsPerDelivery.map { String(format: "%.3f", $0) } ?? "n/a",
+                             m.serverCPUUtilization.map { String(format: "%.0f%%", 100 * $0) } ?? "n/a",
+                             String(format: "%.0f%%", 100 * m.benchCPUUtilization) + (m.benchSaturatedRuns > 0 ? " SATURATED" : "")]
+        if openLoop { row.append(m.benchSendLagP99Micros.map(Report.micros) ?? "n/a") }
+        row += ["\(m.lost)", "\(m.reordered)", "\(m.failedRuns)/\(v.runs.count)"]
+        t.rows.append(row)
     }
     out += t.render() + "\n"
     for r in g.ratios {

@@ -25,6 +25,9 @@ enum Report {
         let l = r.latency
         rows.append(("latency p50 / p90 / p99", "\(micros(l.p50Micros)) / \(micros(l.p90Micros)) / \(micros(l.p99Micros))"))
         rows.append(("latency p99.9 / max", "\(micros(l.p999Micros)) / \(micros(l.maxMicros))  (\(l.count) samples)"))
+        if let g = r.senderLag {
+            rows.append(("bench send lag p50 / p99", "\(micros(g.p50Micros)) / \(micros(g.p99Micros)), max \(micros(g.maxMicros))  (late against the schedule; part of the latency)"))
+        }
         if let cpu = r.serverCPUSeconds, let per = r.serverCPUMicrosecondsPerDelivery {
             rows.append(("server CPU", String(format: "%.2f s (%.0f%% of a core), %.3f µs per delivery = %.3f s per million", cpu, 100 * cpu / r.windowSeconds, per, per)))
             if let soft = r.serverSoftirqCPUSeconds {

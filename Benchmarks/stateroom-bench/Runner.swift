@@ -26,6 +26,9 @@ struct RunResult: Codable, Sendable {
     var deliveriesPerSecond: Double
     var messagesPerSecond: Double
     var latency: Latency
+    /// Open loop only: how late the bench handed each send to the kernel against the schedule
+    /// (latency is measured from the schedule, so this part of it is the bench's own).
+    var senderLag: Lag?
     var serverPid: Int32?
     /// The server process's CPU time, plus `serverSoftirqCPUSeconds` when that is known.
     var serverCPUSeconds: Double?
@@ -60,6 +63,13 @@ struct RunResult: Codable, Sendable {
         var meanMicros: Double
         /// (percentile, microseconds) points for the chart.
         var curve: [[Double]]
+    }
+
+    struct Lag: Codable, Sendable {
+        var count: UInt64
+        var p50Micros: Double
+        var p99Micros: Double
+        var maxMicros: Double
     }
 }
 
@@ -254,6 +264,7 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
         total.cpuSeconds += t.cpuSeconds
         for (k, v) in t.errors { total.errors[k, default: 0] += v }
         total.histogram.add(t.histogram)
+        total.senderLag.add(t.senderLag)
         if t.windowSeconds > 0 { busiest = max(busiest, t.cpuSeconds / t.windowSeconds) }
     }
     var expected = 0
@@ -274,6 +285,10 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
         count: h.totalCount, p50Micros: us(h.valueAtPercentile(50)), p90Micros: us(h.valueAtPercentile(90)),
         p99Micros: us(h.valueAtPercentile(99)), p999Micros: us(h.valueAtPercentile(99.9)), maxMicros: us(h.max),
         meanMicros: h.totalCount > 0 ? h.mean / 1000 : 0, curve: curve)
+    let lagH = total.senderLag
+    let senderLag = scenario.closedLoop ? nil : RunResult.Lag(
+        count: lagH.totalCount, p50Micros: us(lagH.valueAtPercentile(50)),
+        p99Micros: us(lagH.valueAtPercentile(99)), maxMicros: us(lagH.max))
     let deliveriesPerSecond = Double(total.windowDeliveries) / window
     var serverCPU: Double?
     var serverSoftirq: Double?
@@ -309,7 +324,7 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
         closedDuringRun: total.closed, errors: total.errors.merging(opened.errors) { $0 + $1 },
         windowSeconds: window, deliveriesPerSecond: deliveriesPerSecond,
         messagesPerSecond: deliveriesPerSecond / Double(max(1, scenario.clientsPerRoom)),
-        latency: latency, serverPid: serverPid, serverCPUSeconds: serverCPU, serverSoftirqCPUSeconds: serverSoftirq,
+        latency: latency, senderLag: senderLag, serverPid: serverPid, serverCPUSeconds: serverCPU, serverSoftirqCPUSeconds: serverSoftirq,
         serverCPUSecondsPerMillionDeliveries: serverCPU.map { $0 / max(Double(total.windowDeliveries), 1) * 1e6 },
         serverCPUMicrosecondsPerDelivery: serverCPU.map { $0 / max(Double(total.windowDeliveries), 1) * 1e6 },
         serverCPUUtilization: serverCPU.map { $0 / window }, serverLooksIdle: serverLooksIdle,

@@ -57,6 +57,8 @@ final class Conn {
     var nextDue: UInt64 = 0
     var awaitingEcho = false
     var sentCount = 0
+    /// Scheduled time of the oldest message in `pending` not yet handed to the kernel; 0 if none.
+    var pendingSince: UInt64 = 0
 
     /// Per sender of the room: the next sequence number expected.
     var expect: [UInt32]
@@ -112,6 +114,8 @@ struct WorkerTally {
     var cpuSeconds = 0.0
     var windowSeconds = 0.0
     var histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000_000, numberOfSignificantValueDigits: .three)
+    /// Open loop: how late each send left against the schedule of the oldest message it carried.
+    var senderLag = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000_000, numberOfSignificantValueDigits: .two)
 }
 
 /// One thread, one io_uring loop, a share of the connections. Drives its senders on the run's
@@ -230,6 +234,7 @@ final class Worker: @unchecked Sendable {
     private func sendNext(_ s: Conn, time: UInt64) {
         guard let t = s.template, s.alive else { return }
         s.reserve(t.count)
+        if s.pendingSince == 0 { s.pendingSince = time }
         s.pendingLen += Payload.write(t, to: s.pending + s.pendingLen, time: time, sender: s.globalSender, sequence: s.nextSeq)
         s.nextSeq &+= 1
         s.sentCount += 1
@@ -261,6 +266,13 @@ final class Worker: @unchecked Sendable {
     /// Swaps pending into flight and sends it. Custody: `flight`, `iov` and `msg` stay untouched
     /// until this send's completion.
     private func submit(_ c: Conn, _ loop: UringEventLoop) {
+        if c.pendingSince != 0 {
+            if !scenario.closedLoop && c.pendingSince >= clock.measureStart && c.pendingSince < clock.measureEnd {
+                let now = monotonicNanos()
+                _ = tally.senderLag.record(now > c.pendingSince ? now - c.pendingSince : 0)
+            }
+            c.pendingSince = 0
+        }
         swap(&c.pending, &c.flight)
         swap(&c.pendingCap, &c.flightCap)
         c.flightLen = c.pendingLen

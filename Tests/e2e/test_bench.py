@@ -83,6 +83,10 @@ def test_open_loop_relay_no_loss(server_factory, bench_binary, tmp_path):
     assert report["serverCPUSeconds"] >= 0
     assert report["serverCPUSecondsPerMillionDeliveries"] >= 0
     assert 250 <= report["messagesSent"] <= 800, report["messagesSent"]
+    # open loop: how late the bench's own sends left is reported (one sample per send in the window)
+    lag = report["senderLag"]
+    assert 0 < lag["count"] <= report["messagesSent"], lag
+    assert 0 <= lag["p50Micros"] <= lag["p99Micros"] <= lag["maxMicros"], lag
     svg = chart.read_text()
     assert svg.startswith("<svg") and "<polyline" in svg
     srv.assert_alive()
@@ -97,6 +101,8 @@ def test_closed_loop_relay_no_loss(server_factory, bench_binary):
     assert rc == 0, f"bench failed (exit {rc}): {report.get('failures')}\n{err[-2000:]}"
     check_clean(report, rooms=3, clients=4)
     assert report["scenario"]["size"] == 1000
+    # closed loop has no schedule to be late against
+    assert report.get("senderLag") is None, report.get("senderLag")
     srv.assert_alive()
 
 
