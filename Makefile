@@ -59,7 +59,6 @@ bench-compare: build
 # `make floor` measures the kernel's loopback floor with no WebSocket work (Benchmarks/floor/floor.c):
 # sender CPU per 66-byte frame through plain send() and through io_uring, interleaved; sender on
 # CPU 0, receiver on CPU 1. FLOOR_ARGS passes options (e.g. FLOOR_ARGS="--batch 0 --repeats 7").
-CC ?= cc
 floor: deps
 	@mkdir -p .build
 	$(CC) -O2 -Wall -Wextra -o .build/floor Benchmarks/floor/floor.c -luring -lpthread

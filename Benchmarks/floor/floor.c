@@ -205,21 +205,31 @@ static void usage(void) {
     exit(2);
 }
 
+// A whole decimal number, or usage.
+static int num(const char *v) {
+    char *end;
+    long n = strtol(v, &end, 10);
+    if (end == v || *end || n < -1000000 || n > 1000000) usage();
+    return (int)n;
+}
+
 int main(int argc, char **argv) {
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) {
         const char *o = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!v) usage();
-        if (!strcmp(o, "--sockets")) nsock = atoi(v);
-        else if (!strcmp(o, "--rounds")) rounds = atoi(v);
-        else if (!strcmp(o, "--repeats")) repeats = atoi(v);
-        else if (!strcmp(o, "--batch")) batch = atoi(v);
-        else if (!strcmp(o, "--sender-cpu")) sendCPU = atoi(v);
-        else if (!strcmp(o, "--receiver-cpu")) recvCPU = atoi(v);
+        if (!strcmp(o, "--sockets")) nsock = num(v);
+        else if (!strcmp(o, "--rounds")) rounds = num(v);
+        else if (!strcmp(o, "--repeats")) repeats = num(v);
+        else if (!strcmp(o, "--batch")) batch = num(v);
+        else if (!strcmp(o, "--sender-cpu")) sendCPU = num(v);
+        else if (!strcmp(o, "--receiver-cpu")) recvCPU = num(v);
         else if (!strcmp(o, "--frames")) {
             nframes = 0;
-            for (char *s = strdup(v), *t = strtok(s, ","); t && nframes < 8; t = strtok(NULL, ",")) framesList[nframes++] = atoi(t);
+            for (char *s = strdup(v), *t = strtok(s, ","); t; t = strtok(NULL, ",")) {
+                if (nframes == 8) usage();
+                framesList[nframes++] = num(t);
+            }
         } else usage();
-        i++;
     }
     if (nsock < 1 || nsock > 9000 || rounds < 1 || repeats < 1 || batch < 0 || nframes < 1) usage();
     for (int f = 0; f < nframes; f++) if (framesList[f] < 1 || framesList[f] > 256) usage();

@@ -26,7 +26,7 @@ def floor_binary(tmp_path_factory) -> Path:
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("clang")
     assert cc, "no C compiler (cc or clang) on PATH"
     out = tmp_path_factory.mktemp("floor") / "floor"
-    build = subprocess.run([cc, "-O2", "-Wall", "-Werror", "-o", str(out), str(SOURCE), "-luring", "-lpthread"],
+    build = subprocess.run([cc, "-O2", "-Wall", "-Wextra", "-Werror", "-o", str(out), str(SOURCE), "-luring", "-lpthread"],
                            capture_output=True, text=True, timeout=120)
     assert build.returncode == 0, f"building floor.c failed:\n{build.stderr[-4000:]}"
     return out
@@ -55,7 +55,8 @@ def test_every_byte_of_both_paths_arrives(floor_binary, batch):
     assert sent == received == warmup + measured
 
 
-@pytest.mark.parametrize("args", [["--sockets", "0"], ["--frames", "0"], ["--batch", "-1"], ["--rounds"], ["--nonsense", "1"]])
+@pytest.mark.parametrize("args", [["--sockets", "0"], ["--frames", "0"], ["--frames", "1,x"], ["--frames", "1,2,3,4,5,6,7,8,9"],
+                                  ["--batch", "-1"], ["--batch", "32k"], ["--rounds"], ["--nonsense", "1"]])
 def test_bad_arguments_are_refused_with_usage(floor_binary, args):
     proc = run_floor(floor_binary, *args)
     assert proc.returncode == 2
