@@ -34,6 +34,9 @@
 #include <unistd.h>
 
 #define FRAME 66
+// At most this many frames per send (4,224 bytes): every send fits a fresh socket's 16 KiB send
+// buffer, so a send never writes part of its bytes.
+#define MAX_FRAMES 64
 
 static int nsock = 1000, rounds = 200, repeats = 5, batch = 32, sendCPU = 0, recvCPU = 1;
 static int framesList[8] = {1, 4, 16}, nframes = 3;
@@ -200,7 +203,7 @@ static double median(double *v, int n) { qsort(v, n, sizeof *v, cmpd); return n 
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: floor [--sockets N] [--frames K[,K...]] [--rounds R] [--repeats M] [--batch B]\n"
+            "usage: floor [--sockets N] [--frames K[,K...] (1-64, up to 8 counts)] [--rounds R] [--repeats M] [--batch B]\n"
             "             [--sender-cpu C] [--receiver-cpu C]   (a CPU of -1 leaves the thread unpinned)\n");
     exit(2);
 }
@@ -232,7 +235,7 @@ int main(int argc, char **argv) {
         } else usage();
     }
     if (nsock < 1 || nsock > 9000 || rounds < 1 || repeats < 1 || batch < 0 || nframes < 1) usage();
-    for (int f = 0; f < nframes; f++) if (framesList[f] < 1 || framesList[f] > 256) usage();
+    for (int f = 0; f < nframes; f++) if (framesList[f] < 1 || framesList[f] > MAX_FRAMES) usage();
 
     connectAll();
     pthread_t rt;
@@ -245,8 +248,8 @@ int main(int argc, char **argv) {
     if (e < 0) { fprintf(stderr, "floor: io_uring_queue_init: %s\n", strerror(-e)); return 1; }
     if ((e = io_uring_register_files(&ring, srv, nsock)) < 0) { fprintf(stderr, "floor: register_files: %s\n", strerror(-e)); return 1; }
 
-    char *frames = malloc((size_t)256 * FRAME);
-    for (int i = 0; i < 256; i++) {
+    char *frames = malloc((size_t)MAX_FRAMES * FRAME);
+    for (int i = 0; i < MAX_FRAMES; i++) {
         frames[i * FRAME] = (char)0x81;
         frames[i * FRAME + 1] = 64;
         memset(frames + i * FRAME + 2, 'a' + i % 26, 64);

@@ -55,7 +55,7 @@ def test_every_byte_of_both_paths_arrives(floor_binary, batch):
     assert sent == received == warmup + measured
 
 
-@pytest.mark.parametrize("args", [["--sockets", "0"], ["--frames", "0"], ["--frames", "1,x"], ["--frames", "1,2,3,4,5,6,7,8,9"],
+@pytest.mark.parametrize("args", [["--sockets", "0"], ["--frames", "0"], ["--frames", "1,x"], ["--frames", "1,2,3,4,5,6,7,8,9"], ["--frames", "65"],
                                   ["--batch", "-1"], ["--batch", "32k"], ["--rounds"], ["--nonsense", "1"]])
 def test_bad_arguments_are_refused_with_usage(floor_binary, args):
     proc = run_floor(floor_binary, *args)
