@@ -47,8 +47,10 @@ final class Connection {
     @exclusivity(unchecked) var sendInFlight = false
     @exclusivity(unchecked) var inFlightChunks = 0
     @exclusivity(unchecked) var isDirty = false
-    /// Waiting in the shard's hold queue so more frames leave together (send coalescing).
-    @exclusivity(unchecked) var isHeld = false
+    /// While held in the shard's hold queue so more frames leave together (send coalescing): the
+    /// moment it is due to be sent to, which its hold-queue entry carries too. 0 when not held.
+    @exclusivity(unchecked) var heldUntil: UInt64 = 0
+    var isHeld: Bool { heldUntil != 0 }
     /// When the last send was submitted, and how many frames it carried.
     @exclusivity(unchecked) var lastSendAt: UInt64 = 0
     @exclusivity(unchecked) var lastSendFrames = 0

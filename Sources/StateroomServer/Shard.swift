@@ -46,8 +46,9 @@ final class Shard {
     private var freeSlots: [UInt32] = []
     private var rooms: [String: Room] = [:]
     @exclusivity(unchecked) private var dirty: [Connection] = []
-    /// Busy connections whose frames wait (at most `window.current`) to leave in one send.
-    @exclusivity(unchecked) private var held = Deque<Connection>()
+    /// Busy connections whose frames wait (at most `window.current`) to leave in one send, in
+    /// hold order, each with the deadline it was held until.
+    @exclusivity(unchecked) private var held = Deque<(conn: Connection, until: UInt64)>()
     @exclusivity(unchecked) private var window: CoalesceWindow
     private var coalesceNanos: UInt64 { window.current }
     /// Start of the current load epoch (wall clock) and the thread's CPU time then.
@@ -143,7 +144,7 @@ final class Shard {
                 if timeout < 0 || t < timeout { timeout = t }
             }
             if let d = timers.nextDeadline { wake(by: d) }
-            if let h = held.first { wake(by: h.lastSendAt &+ coalesceNanos) }
+            if let h = held.first { wake(by: h.until) }
             if publishPending { wake(by: now + 1_000_000) }
             // After load, the loop wakes once per epoch until the window is back at its base and
             // the busy gauge at zero, so neither stays stale through an idle spell.
@@ -684,9 +685,9 @@ final class Shard {
         conn.queuedBytes += len
         count(.framesQueued)
         count(.bytesQueued, len)
-        // A held client whose queue has grown enough goes out now (its entry in `held` is
-        // then stale, and at most releases it early later).
-        if conn.isHeld && conn.queuedBytes >= holdBytesCap { conn.isHeld = false }
+        // A held client whose queue has grown enough goes out now; its entry in `held` no longer
+        // matches and is dropped when it reaches the front.
+        if conn.isHeld && conn.queuedBytes >= holdBytesCap { conn.heldUntil = 0 }
         markDirty(conn)
     }
 
@@ -750,8 +751,9 @@ final class Shard {
             if conn.lastSendFrames >= Shard.holdMinFrames && now &- conn.lastSendAt < coalesceNanos
                 && now &- conn.lastHeard >= coalesceNanos && !conn.closeAfterFlush
                 && conn.queue.count < Shard.maxIOV && conn.queuedBytes < holdBytesCap {
-                conn.isHeld = true
-                held.append(conn)
+                let until = conn.lastSendAt &+ coalesceNanos
+                conn.heldUntil = until
+                held.append((conn, until))
                 count(.sendsHeld)
                 continue
             }
@@ -818,13 +820,14 @@ final class Shard {
 
     /// Moves held connections whose window has passed back to the dirty list. The queue is in
     /// hold order, not deadline order; popping while the front is due still releases every
-    /// connection at most one window after it was held. Entries of connections already let go
-    /// early (their queue grew) are dropped as they reach the front, so they delay nobody.
+    /// connection at most one window after it was held. An entry whose deadline is no longer its
+    /// connection's (let go early because its queue grew, and perhaps held again since, with a
+    /// newer entry) is dropped as it reaches the front, so it holds up nobody behind it.
     private func releaseHeld() {
-        while let conn = held.first, !conn.isHeld || conn.lastSendAt &+ coalesceNanos <= now {
+        while let (conn, until) = held.first, conn.heldUntil != until || until <= now {
             held.removeFirst()
-            guard conn.isHeld else { continue }
-            conn.isHeld = false
+            guard conn.heldUntil == until else { continue }
+            conn.heldUntil = 0
             markDirty(conn)
         }
     }

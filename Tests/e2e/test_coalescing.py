@@ -125,3 +125,40 @@ def test_with_coalescing_off_nothing_is_held(server_factory):
     finally:
         for ws in clients:
             ws.close()
+
+
+def test_a_client_let_go_early_and_held_again_holds_up_nobody(server_factory):
+    """Held clients leave at most one window after they were held, in hold order. b, a and c are
+    held in that order; a's queue then reaches half the slow-client cap, so a goes out at once
+    and is held again right after, with a later deadline. a's first place in the hold queue,
+    which reaches the front once b has gone, must not keep c waiting for a's new deadline."""
+    window = 0.4
+    server = server_factory("--coalesce-ms", str(int(window * 1000)), "--coalesce-max-ms", "0",
+                            "--max-pending-bytes", "4096", service="relay", shards=1)
+    pairs = {name: tuple(RawWebSocket.connect(server.host, server.port, f"/ws/early-{name}") for _ in range(2))
+             for name in "bac"}
+    (sb, b), (sa, a), (sc, c) = pairs["b"], pairs["a"], pairs["c"]
+    try:
+        time.sleep(window + 0.1)  # a, b and c silent for longer than the window
+        for sender, receiver, name in ((sb, b, "b"), (sa, a, "a"), (sc, c, "c")):
+            burst(sender, 0, 10)  # one send of many frames: busy
+            expect_messages(receiver, 0, 10, name)
+        c_busy_at = time.monotonic()  # c's last send went out no later than this
+        for sender in (sb, sa, sc):  # held in this order
+            sender.send_text(text(10))
+            time.sleep(0.02)
+        time.sleep(0.15)
+        burst(sa, 11, 3, size=1000)  # a's queue passes 2 KB: a goes out at once, 4 frames
+        expect_messages(a, 10, 1, "a")
+        expect_messages(a, 11, 3, "a", size=1000)
+        sa.send_text(text(14))  # a held again, its deadline ~0.2 s after c's
+        expect_messages(b, 10, 1, "b")
+        expect_messages(c, 10, 1, "c")
+        waited = time.monotonic() - c_busy_at
+        assert waited < window + 0.12, f"c was held {waited:.3f} s, more than its {window} s window"
+        expect_messages(a, 14, 1, "a")
+        assert server.metric(*HELD) >= 4
+    finally:
+        for pair in pairs.values():
+            for ws in pair:
+                ws.close()
