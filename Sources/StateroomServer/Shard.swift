@@ -130,7 +130,7 @@ final class Shard {
         acceptArmed = true
         loop.readWake(fd: mailbox.doorbell.fd, into: wakeBuffer, tag: Tag(op: .wake, slot: 0, generation: 0))
         if config.heartbeatInterval > 0 {
-            timers.schedule(at: monotonicNanos() + nanos(config.heartbeatInterval), .heartbeat)
+            timers.schedule(at: monotonicNanos() + Shard.nanos(config.heartbeatInterval), .heartbeat)
         }
         epochStart = monotonicNanos()
         epochCPU = threadCPUNanos()
@@ -178,7 +178,6 @@ final class Shard {
     }
 
     private static func nanos(_ seconds: Double) -> UInt64 { UInt64(max(seconds, 0) * 1e9) }
-    private func nanos(_ seconds: Double) -> UInt64 { Shard.nanos(seconds) }
 
     /// Ends a load epoch: the share of it this thread spent on a CPU sets the coalescing window.
     /// An idle loop sleeps through epochs; the first turn after counts the whole gap as one.
@@ -216,7 +215,7 @@ final class Shard {
                 Socket.setNoDelay(conn.fd)
                 armReceive(conn, multishot: false)
                 // A client gets this long to send a complete request head (and, kept alive, the next one).
-                timers.schedule(at: now + nanos(config.requestTimeout),
+                timers.schedule(at: now + Shard.nanos(config.requestTimeout),
                                 .requestDeadline(slot: conn.slot, generation: conn.generation))
             }
         } else {
@@ -396,7 +395,7 @@ final class Shard {
         if close {
             conn.state = .closing
             conn.closeAfterFlush = true
-            timers.schedule(at: now + nanos(config.closeTimeout), .connectionDeadline(slot: conn.slot, generation: conn.generation))
+            timers.schedule(at: now + Shard.nanos(config.closeTimeout), .connectionDeadline(slot: conn.slot, generation: conn.generation))
         }
     }
 
@@ -551,7 +550,7 @@ final class Shard {
         enqueue(conn, bytes: frame, force: true)
         conn.closeAfterFlush = true
         scheduleLeave(conn)
-        timers.schedule(at: now + nanos(grace ?? config.closeTimeout),
+        timers.schedule(at: now + Shard.nanos(grace ?? config.closeTimeout),
                         .connectionDeadline(slot: conn.slot, generation: conn.generation))
     }
 
@@ -945,7 +944,7 @@ final class Shard {
                 drainPending()
             case .heartbeat:
                 heartbeat()
-                timers.schedule(at: now + nanos(config.heartbeatInterval), .heartbeat)
+                timers.schedule(at: now + Shard.nanos(config.heartbeatInterval), .heartbeat)
             case .requestDeadline(let slot, let generation):
                 if let conn = connection(for: Tag(op: .recv, slot: slot, generation: generation)),
                    conn.state == .http {
@@ -970,7 +969,7 @@ final class Shard {
 
     /// Pings every open client (one frame buffer shared by all) and drops the silent ones.
     private func heartbeat() {
-        let timeout = nanos(config.heartbeatTimeout)
+        let timeout = Shard.nanos(config.heartbeatTimeout)
         let ping = encodeFrame(opcode: .ping, payload: UnsafeRawBufferPointer(start: nil, count: 0))
         for conn in conns {
             guard let conn, conn.state == .open else { continue }
