@@ -83,10 +83,10 @@ struct ProgressPrinter {
     func end() { if enabled { writeStandardError("\n") } }
 }
 
-/// CPU seconds (user + system) a process has used, from /proc/PID/stat; nil if it is gone.
 /// Deliveries in a window after which a server charged no CPU at all is suspect.
 let idleServerDeliveries = 200_000
 
+/// CPU seconds (user + system) a process has used, from /proc/PID/stat; nil if it is gone.
 func processCPUSeconds(_ pid: Int32) -> Double? {
     guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
           let close = text.lastIndex(of: ")") else { return nil }
