@@ -146,50 +146,51 @@ static void waitDrained(long long target) {
 
 static long long expected;
 
-// One measured run of one mode: `rounds` rounds over every socket. Returns CPU µs per frame.
-static double runSend(const char *frames, int k) {
-    size_t len = (size_t)k * FRAME;
-    double cpu = 0, soft0 = softirqCPU();
-    for (int r = 0; r < rounds; r++) {
-        double t0 = threadCPU();
-        for (int i = 0; i < nsock; i++) {
-            ssize_t w = send(srv[i], frames, len, MSG_DONTWAIT | MSG_NOSIGNAL);
-            if (w != (ssize_t)len) { fprintf(stderr, "floor: send wrote %zd of %zu (%s)\n", w, len, strerror(errno)); exit(1); }
-        }
-        cpu += threadCPU() - t0;
-        expected += (long long)len * nsock;
-        waitDrained(expected);
+// One round of the `send` path: a send() per socket.
+static void sendRound(struct io_uring *ring, const char *frames, size_t len) {
+    (void)ring;
+    for (int i = 0; i < nsock; i++) {
+        ssize_t w = send(srv[i], frames, len, MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (w != (ssize_t)len) { fprintf(stderr, "floor: send wrote %zd of %zu (%s)\n", w, len, strerror(errno)); exit(1); }
     }
-    cpu += softirqCPU() - soft0;
-    return cpu * 1e6 / ((double)rounds * nsock * k);
 }
 
-static double runUring(struct io_uring *ring, const char *frames, int k) {
+// One round of the `uring` path: a SEND per socket (registered file index = socket index),
+// submitted every `batch`, then every completion reaped.
+static void uringRound(struct io_uring *ring, const char *frames, size_t len) {
+    int pending = 0, done = 0;
+    for (int i = 0; i < nsock; i++) {
+        struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+        if (!sqe) { io_uring_submit(ring); sqe = io_uring_get_sqe(ring); }
+        io_uring_prep_send(sqe, i, frames, len, MSG_NOSIGNAL);
+        sqe->flags |= IOSQE_FIXED_FILE;
+        if (batch > 0 && ++pending == batch) { io_uring_submit(ring); pending = 0; }
+    }
+    io_uring_submit(ring);
+    while (done < nsock) {
+        struct io_uring_cqe *cqe;
+        int e = io_uring_wait_cqe(ring, &cqe);
+        if (e < 0) { fprintf(stderr, "floor: wait_cqe: %s\n", strerror(-e)); exit(1); }
+        unsigned head, n = 0;
+        io_uring_for_each_cqe(ring, head, cqe) {
+            if (cqe->res != (int)len) { fprintf(stderr, "floor: io_uring send: %d of %zu\n", cqe->res, len); exit(1); }
+            n++;
+        }
+        io_uring_cq_advance(ring, n);
+        done += n;
+    }
+}
+
+typedef void (*Round)(struct io_uring *, const char *, size_t);
+
+// One measured run of one path: `rounds` rounds of K frames to every socket, each timed on its
+// own and followed by an untimed wait until the receiver has drained it. Returns CPU µs per frame.
+static double run(Round round, struct io_uring *ring, const char *frames, int k) {
     size_t len = (size_t)k * FRAME;
     double cpu = 0, soft0 = softirqCPU();
     for (int r = 0; r < rounds; r++) {
         double t0 = threadCPU();
-        int pending = 0, done = 0;
-        for (int i = 0; i < nsock; i++) {
-            struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
-            if (!sqe) { io_uring_submit(ring); sqe = io_uring_get_sqe(ring); }
-            io_uring_prep_send(sqe, i, frames, len, MSG_NOSIGNAL);
-            sqe->flags |= IOSQE_FIXED_FILE;
-            if (batch > 0 && ++pending == batch) { io_uring_submit(ring); pending = 0; }
-        }
-        io_uring_submit(ring);
-        while (done < nsock) {
-            struct io_uring_cqe *cqe;
-            int e = io_uring_wait_cqe(ring, &cqe);
-            if (e < 0) { fprintf(stderr, "floor: wait_cqe: %s\n", strerror(-e)); exit(1); }
-            unsigned head, n = 0;
-            io_uring_for_each_cqe(ring, head, cqe) {
-                if (cqe->res != (int)len) { fprintf(stderr, "floor: io_uring send: %d of %zu\n", cqe->res, len); exit(1); }
-                n++;
-            }
-            io_uring_cq_advance(ring, n);
-            done += n;
-        }
+        round(ring, frames, len);
         cpu += threadCPU() - t0;
         expected += (long long)len * nsock;
         waitDrained(expected);
@@ -257,8 +258,8 @@ int main(int argc, char **argv) {
     // Warm-up: both paths once, unmeasured.
     int saveRounds = rounds;
     rounds = rounds / 10 + 1;
-    runSend(frames, framesList[0]);
-    runUring(&ring, frames, framesList[0]);
+    run(sendRound, &ring, frames, framesList[0]);
+    run(uringRound, &ring, frames, framesList[0]);
     rounds = saveRounds;
 
     printf("floor: %d sockets, %d rounds per run, %d interleaved runs per mode, io_uring batch %d%s\n",
@@ -268,8 +269,8 @@ int main(int argc, char **argv) {
     for (int f = 0; f < nframes; f++) {
         int k = framesList[f];
         for (int r = 0; r < repeats; r++) {
-            if (r % 2 == 0) { vs[r] = runSend(frames, k); vu[r] = runUring(&ring, frames, k); }
-            else { vu[r] = runUring(&ring, frames, k); vs[r] = runSend(frames, k); }
+            if (r % 2 == 0) { vs[r] = run(sendRound, &ring, frames, k); vu[r] = run(uringRound, &ring, frames, k); }
+            else { vu[r] = run(uringRound, &ring, frames, k); vs[r] = run(sendRound, &ring, frames, k); }
         }
         double ms = median(vs, repeats), mu = median(vu, repeats);
         printf("%-16d %14.3f %14.3f %11.2fx\n", k, ms, mu, mu / ms);
