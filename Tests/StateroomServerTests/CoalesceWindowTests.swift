@@ -19,9 +19,11 @@ import Testing
 
     @Test func aLimitAtOrBelowTheBaseMeansAFixedWindow() {
         for limit: UInt64 in [0, 4_000_000, 8_000_000] {
-            let w = CoalesceWindow(base: 8_000_000, limit: limit)
+            var w = CoalesceWindow(base: 8_000_000, limit: limit)
             #expect(!w.adapts)
             #expect(w.limit == 8_000_000)
+            w.update(busy: 1)  // even if asked to, it does not move
+            #expect(w.current == 8_000_000)
         }
     }
 
