@@ -6,6 +6,15 @@ import Testing
 /// (multishot accept, multishot recv into the provided buffer ring, gathered sendmsg, eventfd
 /// wake, cancel) and the epoll one behind the same contract.
 
+/// Repeats a socket call a signal interrupted: one with a receive timeout is never restarted
+/// (signal(7)), and other suites in this process spawn processes whose SIGCHLD can land here.
+private func retryingEINTR(_ call: () -> Int) -> Int {
+    while true {
+        let n = call()
+        if n >= 0 || errno != EINTR { return n }
+    }
+}
+
 private func connectClient(port: UInt16) -> Int32 {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     var addr = sockaddr_in()
@@ -217,7 +226,7 @@ struct EventLoopTests {
         var timeout = timeval(tv_sec: 2, tv_usec: 0)
         setsockopt(first, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         var buf = [UInt8](repeating: 0, count: 64)
-        #expect(recv(first, &buf, 64, 0) == hello.count)
+        #expect(retryingEINTR { recv(first, &buf, 64, 0) } == hello.count)
         // The next connection is accepted (in poll) after the close, so it gets the lowest free
         // descriptor number, the one just closed; a send on it must reach the new peer.
         let next = connectClient(port: listener.port)
@@ -225,14 +234,14 @@ struct EventLoopTests {
         setsockopt(next, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         loop.forget(fd: server)
         close(server)
-        #expect(recv(first, &buf, 64, 0) == 0, "the peer saw no EOF after close")
+        #expect(retryingEINTR { recv(first, &buf, 64, 0) } == 0, "the peer saw no EOF after close")
         let second = acceptNext(loop)
         defer { loop.forget(fd: second); close(second) }
         #expect(second == server)
         let again: [UInt8] = Array("second".utf8)
         again.withUnsafeBytes { loop.send(fd: second, bytes: $0.baseAddress!, count: $0.count, tag: IOCore.Tag(op: .send, slot: 2, generation: 1)) }
         expectPoll(loop) { c in c.tag.op == .send && c.result == Int32(again.count) }
-        #expect(recv(next, &buf, 64, 0) == again.count)
+        #expect(retryingEINTR { recv(next, &buf, 64, 0) } == again.count)
         #expect(Array(buf[0..<again.count]) == again)
     }
 
@@ -256,7 +265,7 @@ struct EventLoopTests {
         var got: [UInt8] = []
         var buf = [UInt8](repeating: 0, count: 256)
         while got.count < UringEventLoop.sendBatch {
-            let n = recv(peer, &buf, buf.count, 0)
+            let n = retryingEINTR { recv(peer, &buf, buf.count, 0) }
             if n <= 0 { break }
             got += buf[0..<n]
         }

@@ -28,7 +28,7 @@ final class TestClient {
         var head: [UInt8] = []
         while !(head.count >= 4 && Array(head.suffix(4)) == [13, 10, 13, 10]) {
             var b: UInt8 = 0
-            guard read(fd, &b, 1) == 1 else { close(fd); throw ClientError("no handshake response") }
+            guard retryingEINTR({ read(fd, &b, 1) }) == 1 else { close(fd); throw ClientError("no handshake response") }
             head.append(b)
         }
         let text = String(decoding: head, as: UTF8.self)
@@ -43,7 +43,7 @@ final class TestClient {
     func writeAll(_ bytes: [UInt8]) {
         var off = 0
         while off < bytes.count {
-            let n = bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) }
+            let n = retryingEINTR { bytes.withUnsafeBytes { write(fd, $0.baseAddress! + off, $0.count - off) } }
             if n <= 0 { return }
             off += n
         }
@@ -78,7 +78,7 @@ final class TestClient {
                 if let event { return event }
             }
             var buf = [UInt8](repeating: 0, count: 65536)
-            let n = read(fd, &buf, buf.count)
+            let n = retryingEINTR { read(fd, &buf, buf.count) }
             if n == 0 { return .eof }
             if n < 0 { return errno == EAGAIN || errno == EWOULDBLOCK ? .timeout : .eof }
             pending = Array(buf[0..<n])
@@ -106,11 +106,21 @@ func httpStatus(port: UInt16, _ request: String) -> Int? {
     guard let fd = connectLoopback(port: port) else { return nil }
     defer { close(fd) }
     let bytes = Array(request.utf8)
-    _ = bytes.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) }
+    _ = retryingEINTR { bytes.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) } }
     var buf = [UInt8](repeating: 0, count: 4096)
-    let n = read(fd, &buf, buf.count)
+    let n = retryingEINTR { read(fd, &buf, buf.count) }
     guard n > 12 else { return nil }
     return Int(String(decoding: buf[9..<12], as: UTF8.self))
+}
+
+/// Repeats a system call interrupted by a signal. A socket with a receive timeout is never
+/// restarted after a signal handler runs (signal(7)), whatever SA_RESTART says, and tests run
+/// beside others that spawn processes, so their SIGCHLD lands on any thread.
+func retryingEINTR(_ call: () -> Int) -> Int {
+    while true {
+        let n = call()
+        if n >= 0 || errno != EINTR { return n }
+    }
 }
 
 /// A blocking TCP connection to 127.0.0.1:`port` with a 5 s receive timeout, or nil.
