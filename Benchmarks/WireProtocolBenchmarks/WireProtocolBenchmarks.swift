@@ -29,7 +29,7 @@ let benchmarks: @Sendable () -> Void = {
     for size in [64, 16 * 1024] {
         Benchmark("frame parse \(size == 64 ? "64 B" : "16 KiB") masked text") { benchmark in
             var frame = maskedFrame(size: size)
-            var parser = WebSocketParser(maxMessageSize: 1 << 20)
+            var parser = FrameParser(role: .server, maxMessageSize: 1 << 20)
             benchmark.startMeasurement()
             frame.withUnsafeMutableBytes { buf in
                 for _ in benchmark.scaledIterations {

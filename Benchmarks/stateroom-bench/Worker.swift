@@ -34,7 +34,7 @@ final class Conn {
     let senderIndex: Int
     /// room × senders + senderIndex: the id written into its messages.
     let globalSender: UInt32
-    var parser = ServerFrameParser(maxMessageSize: 64 << 20)
+    var parser = FrameParser(role: .client, maxMessageSize: 64 << 20)
     var alive = true
 
     // Outbound: frames are appended to `pending`; at most one send in flight (`flight`), and when it

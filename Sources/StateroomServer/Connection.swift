@@ -33,7 +33,7 @@ final class Connection {
     @exclusivity(unchecked) var recvArmed = false
     /// Bytes of a request head that arrived in pieces (empty on the fast path).
     @exclusivity(unchecked) var httpBuffer: [UInt8] = []
-    @exclusivity(unchecked) var parser: WebSocketParser
+    @exclusivity(unchecked) var parser: FrameParser
     @exclusivity(unchecked) var lastHeard: UInt64
 
     // Room membership.
@@ -64,7 +64,7 @@ final class Connection {
         self.slot = slot
         self.generation = generation
         self.fd = fd
-        self.parser = WebSocketParser(maxMessageSize: maxMessageSize)
+        self.parser = FrameParser(role: .server, maxMessageSize: maxMessageSize)
         self.lastHeard = now
     }
 

@@ -15,7 +15,7 @@ final class TestClient {
     }
 
     let fd: Int32
-    private var parser = ServerFrameParser(maxMessageSize: 64 << 20)
+    private var parser = FrameParser(role: .client, maxMessageSize: 64 << 20)
     private var pending: [UInt8] = []
     private var pendingOffset = 0
 

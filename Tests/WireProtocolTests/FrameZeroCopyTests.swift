@@ -5,7 +5,7 @@ import WireProtocol
     @Test func completeSingleFrameMessageIsAViewIntoTheInputBuffer() {
         var frame = clientFrame(.text, "Hello, zero copy")
         frame.withUnsafeMutableBytes { buffer in
-            var parser = WebSocketParser(maxMessageSize: 1024)
+            var parser = FrameParser(role: .server, maxMessageSize: 1024)
             var offset = 0
             guard case let .message(opcode, view) = parser.next(buffer, offset: &offset) else {
                 Issue.record("expected a message")
@@ -28,7 +28,7 @@ import WireProtocol
     @Test func controlFrameBetweenFragmentsIsAlsoAViewIntoTheInputBuffer() {
         var stream = clientFrame(.text, "a", fin: false) + clientFrame(.ping, "ping!")
         stream.withUnsafeMutableBytes { buffer in
-            var parser = WebSocketParser(maxMessageSize: 1024)
+            var parser = FrameParser(role: .server, maxMessageSize: 1024)
             var offset = 0
             guard case let .ping(view) = parser.next(buffer, offset: &offset) else {
                 Issue.record("expected a ping")
@@ -41,7 +41,7 @@ import WireProtocol
 
     @Test func frameSplitAcrossBuffersIsAssembledInParserStorage() {
         let frame = clientFrame(.binary, [UInt8](repeating: 5, count: 50))
-        var parser = WebSocketParser(maxMessageSize: 1024)
+        var parser = FrameParser(role: .server, maxMessageSize: 1024)
         var first = Array(frame[..<20])
         var second = Array(frame[20...])
         first.withUnsafeMutableBytes { buffer in
@@ -68,7 +68,7 @@ import WireProtocol
 
     @Test func partialHeaderIsCarriedAndPayloadInNextBufferIsStillZeroCopy() {
         let frame = clientFrame(.binary, [UInt8](repeating: 7, count: 40))
-        var parser = WebSocketParser(maxMessageSize: 1024)
+        var parser = FrameParser(role: .server, maxMessageSize: 1024)
         var first = Array(frame[..<1])
         var second = Array(frame[1...])
         first.withUnsafeMutableBytes { buffer in
@@ -88,7 +88,7 @@ import WireProtocol
     }
 
     @Test func emptyBufferIsNeedMore() {
-        var parser = WebSocketParser(maxMessageSize: 10)
+        var parser = FrameParser(role: .server, maxMessageSize: 10)
         var offset = 0
         if case .needMore = parser.next(UnsafeMutableRawBufferPointer(start: nil, count: 0), offset: &offset) {} else {
             Issue.record("expected needMore")
@@ -108,7 +108,7 @@ import WireProtocol
     }
 
     @Test func releaseMemoryKeepsHeldFragmentsAndFreesIdleStorage() {
-        var parser = WebSocketParser(maxMessageSize: 1 << 20)
+        var parser = FrameParser(role: .server, maxMessageSize: 1 << 20)
         var events: [Ev] = []
         let stream = clientFrame(.text, "abc", fin: false) + clientFrame(.continuation, "def")
         feed(&parser, stream[..<9], into: &events)
@@ -120,5 +120,22 @@ import WireProtocol
         feed(&parser, clientFrame(.binary, [1, 2, 3], fin: false)[...], into: &events)
         feed(&parser, clientFrame(.continuation, [4])[...], into: &events)
         #expect(events == [.text("abcdef"), .message(.binary, [1, 2, 3, 4])])
+    }
+
+    @Test func anIdleParserOwnsNoStorageAndStaysSmall() {
+        // A server keeps one parser per connection: idle ones must cost a few words, not buffers.
+        #expect(MemoryLayout<FrameParser>.size <= 24)
+        var parser = FrameParser(role: .server, maxMessageSize: 1024)
+        var events: [Ev] = []
+        feed(&parser, clientFrame(.text, "whole")[...], into: &events)
+        #expect(events == [.text("whole")])
+        #expect(!parser.holdsStorage, "a frame wholly inside one buffer needs no parser storage")
+        let split = clientFrame(.text, "split")
+        feed(&parser, split[..<3], into: &events)
+        #expect(parser.holdsStorage && parser.hasBufferedData)
+        feed(&parser, split[3...], into: &events)
+        #expect(events == [.text("whole"), .text("split")])
+        parser.releaseMemory()
+        #expect(!parser.holdsStorage)
     }
 }

@@ -21,18 +21,11 @@ enum Ev: Equatable, CustomStringConvertible {
     static func text(_ s: String) -> Ev { .message(.text, Array(s.utf8)) }
 }
 
-/// Both parsers, for generic feeding helpers.
-protocol TestFrameParser {
-    mutating func next(_ buffer: UnsafeMutableRawBufferPointer, offset: inout Int) -> FrameEvent
-}
-extension WebSocketParser: TestFrameParser {}
-extension ServerFrameParser: TestFrameParser {}
-
 /// Feeds one buffer until `.needMore` or an error. The buffer is a fresh allocation that is scribbled over
 /// and freed afterwards, so a parser that kept pointers into it would be caught.
 /// Returns false once the parser reported an error.
 @discardableResult
-func feed<P: TestFrameParser>(_ parser: inout P, _ chunk: ArraySlice<UInt8>, into events: inout [Ev]) -> Bool {
+func feed(_ parser: inout FrameParser, _ chunk: ArraySlice<UInt8>, into events: inout [Ev]) -> Bool {
     let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: chunk.count, alignment: 1)
     defer {
         buffer.initializeMemory(as: UInt8.self, repeating: 0xEE)
@@ -67,13 +60,8 @@ func parse(_ stream: [UInt8], chunks sizes: [Int] = [], server: Bool = true, max
         start += size
     }
     chunks.append(stream[start...])
-    if server {
-        var parser = WebSocketParser(maxMessageSize: maxMessageSize)
-        for c in chunks where !feed(&parser, c, into: &events) { break }
-    } else {
-        var parser = ServerFrameParser(maxMessageSize: maxMessageSize)
-        for c in chunks where !feed(&parser, c, into: &events) { break }
-    }
+    var parser = FrameParser(role: server ? .server : .client, maxMessageSize: maxMessageSize)
+    for c in chunks where !feed(&parser, c, into: &events) { break }
     return events
 }
 
@@ -145,9 +133,30 @@ func randomBytes(_ count: Int, using rng: inout SplitMix64) -> [UInt8] {
 }
 
 /// Runs `body` with a parsed head of `request` (CRLF line endings expected in the string).
-func withHead<T>(_ request: String, limit: Int = 8192, _ body: (HTTPHeadParse) -> T) -> T {
+func withHead<T>(_ request: String, limit: Int = 8192, _ body: (HTTPHeadParse) throws -> T) rethrows -> T {
     let bytes = Array(request.utf8)
-    return bytes.withUnsafeBytes { body(parseHTTPHead($0, limit: limit)) }
+    return try bytes.withUnsafeBytes { try body(parseHTTPHead($0, limit: limit)) }
+}
+
+/// Each case of a parse result as an optional, so a test can `try #require` the one it expects
+/// and fail (showing the result) instead of skipping its expectations.
+extension HTTPHeadParse {
+    /// The head, when complete; its views borrow the parsed buffer.
+    var head: HTTPRequestHead? {
+        if case let .complete(head) = self { return head }
+        return nil
+    }
+
+    /// The error status, when the head was refused.
+    var failureStatus: HTTPStatus? {
+        if case let .failure(status) = self { return status }
+        return nil
+    }
+
+    var needsMore: Bool {
+        if case .needMore = self { return true }
+        return false
+    }
 }
 
 func string(_ view: UnsafeRawBufferPointer?) -> String? {
