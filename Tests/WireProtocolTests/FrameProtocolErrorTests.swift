@@ -131,7 +131,7 @@ import WireProtocol
     }
 
     @Test func deadParserKeepsReportingTheSameError() {
-        var parser = WebSocketParser(maxMessageSize: 100)
+        var parser = FrameParser(role: .server, maxMessageSize: 100)
         var events: [Ev] = []
         feed(&parser, clientFrame(.continuation, "x")[...], into: &events)
         #expect(events == [.error(1002)])
