@@ -453,8 +453,10 @@ def test_heartbeat_drops_silent_client_keeps_live_one(server_factory):
     assert closed, f"silent client still connected after {elapsed:.1f}s; frames: {frames}"
     assert elapsed <= 6.5, f"silent client dropped only after {elapsed:.1f}s (timeout 2s)"
     closes = [f for f in frames if f.opcode == OP_CLOSE]
-    if closes:
-        assert frames[-1].opcode == OP_CLOSE, "data after the close frame"
+    assert len(closes) == 1, f"expected one close frame before the TCP close, got {closes}; frames: {frames}"
+    assert frames[-1].opcode == OP_CLOSE, f"data after the close frame: {frames}"
+    assert closes[0].close_code == 1001, f"silent client closed with {closes[0].close_code}, not 1001 (going away)"
+    assert closes[0].close_reason == b"heartbeat timeout", f"close reason {closes[0].close_reason!r}"
 
 
 # --------------------------------------------------------------------------------------------
