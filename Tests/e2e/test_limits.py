@@ -27,8 +27,10 @@ def limited_server(io_backend, tmp_path_factory):
     binary = server_binary()
     if not binary.exists():
         pytest.skip(f"server binary not found at {binary}")
+    # A long request timeout: the held connections that never send a head must keep their
+    # descriptors for the whole test, not be dropped (freeing descriptors) after the default 10 s.
     cmd = ["prlimit", "--nofile=48:48", "--", str(binary), "--host", "127.0.0.1", "--port", "0",
-           "--io", io_backend, "--shards", "1", "--service", "relay"]
+           "--io", io_backend, "--shards", "1", "--service", "relay", "--request-timeout", "60"]
     h = ServerHandle(cmd, tmp_path_factory.mktemp("limited"), io_backend)
     h.wait_ready()
     yield h
@@ -37,38 +39,75 @@ def limited_server(io_backend, tmp_path_factory):
         pytest.fail(problem, pytrace=False)
 
 
-def test_emfile_pauses_accept_without_spinning_and_recovers(limited_server):
-    server = limited_server
-    # Hold more connections than the server can have descriptors: the rest wait in the backlog.
-    held = []
-    for _ in range(80):
-        s = socket.create_connection((server.host, server.port), timeout=5)
-        held.append(s)
-    time.sleep(0.5)
-    before = cpu_seconds(server.proc.pid)
-    time.sleep(2.0)
-    used = cpu_seconds(server.proc.pid) - before
-    assert used < 1.0, f"server burned {used:.2f} s of CPU in 2 s while out of descriptors (spinning)"
-    server.assert_alive()
-    assert "accept paused" in server.stderr_text(), "the pause was not logged"
-    assert server.stderr_text().count("accept paused") <= 3, "the pause is logged once, not per attempt"
+def open_descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
 
-    # Free descriptors: the server must accept again and serve a WebSocket client.
-    for s in held:
-        s.close()
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            async def roundtrip():
-                async with wsraw.ws_connect(server.ws_url("after")) as ws:
-                    await ws.send("hello")
-                    assert await wsraw.recv(ws, 5) == "hello"
-            wsraw.run(roundtrip(), 8)
-            break
-        except Exception:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
+
+def relay_roundtrip(sender: wsraw.RawWebSocket, receivers: list[wsraw.RawWebSocket], text: str,
+                    timeout: float = 5.0) -> None:
+    """``sender`` sends ``text``; the relay must deliver it to every receiver (sender included)."""
+    sender.send_text(text)
+    for i, r in enumerate(receivers):
+        opcode, payload = r.recv_message(timeout)
+        assert (opcode, payload) == (wsraw.OP_TEXT, text.encode()), \
+            f"receiver {i} got {opcode}/{payload!r}, expected {text!r}"
+
+
+def test_emfile_pauses_accept_without_spinning_keeps_serving_and_recovers(limited_server):
+    server = limited_server
+    pid = server.proc.pid
+    # Two clients of one room, connected before the server runs out of descriptors.
+    a = wsraw.RawWebSocket.connect(server.host, server.port, "/ws/kept")
+    b = wsraw.RawWebSocket.connect(server.host, server.port, "/ws/kept")
+    held: list[socket.socket] = []
+    try:
+        relay_roundtrip(a, [a, b], "before")
+
+        # Hold more connections than the server can have descriptors: the rest wait in the backlog.
+        for _ in range(80):
+            held.append(socket.create_connection((server.host, server.port), timeout=5))
+        deadline = time.monotonic() + 5
+        while "accept paused" not in server.stderr_text() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "accept paused" in server.stderr_text(), "the pause was not logged"
+        time.sleep(0.5)
+        before = cpu_seconds(pid)
+        time.sleep(2.0)
+        used = cpu_seconds(pid) - before
+        assert used < 1.0, f"server burned {used:.2f} s of CPU in 2 s while out of descriptors (spinning)"
+        server.assert_alive()
+        assert server.stderr_text().count("accept paused") <= 3, "the pause is logged once, not per attempt"
+
+        # Still out of descriptors (the 1 s retries fail again): the room's clients are served.
+        assert open_descriptors(pid) == 48, f"the server holds {open_descriptors(pid)} of its 48 descriptors"
+        for i in range(3):
+            relay_roundtrip(a, [a, b], f"during {i}")
+            relay_roundtrip(b, [a, b], f"during {i} from b")
+        assert open_descriptors(pid) == 48, "descriptors freed while the room was checked: not a test of the pause"
+    finally:
+        # Free descriptors: the server must accept again.
+        for s in held:
+            s.close()
+
+    try:
+        # A new client: connecting may take a moment while the server drains the closed backlog.
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                c = wsraw.RawWebSocket.connect(server.host, server.port, "/ws/kept", timeout=2)
+                break
+            except (OSError, AssertionError, TimeoutError, wsraw.PeerClosed):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        with c:
+            # The old clients are still served, and the new one shares their room.
+            relay_roundtrip(a, [a, b, c], "after")
+            relay_roundtrip(c, [a, b, c], "from the new client")
+        server.assert_alive()
+    finally:
+        a.close()
+        b.close()
 
 
 def test_client_that_never_finishes_its_request_is_dropped(server_factory):
