@@ -5,13 +5,10 @@ import WireProtocol
     static let sample = "GET /ws/lobby?x=1 HTTP/1.1\r\nHost: example.com\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n"
         + "Sec-WebSocket-Key:   dGhlIHNhbXBsZSBub25jZQ==  \r\nX-Empty:\r\nx-dup: first\r\nX-Dup: second\r\n\r\n"
 
-    @Test func completeHeadExposesRequestLineAndLength() {
+    @Test func completeHeadExposesRequestLineAndLength() throws {
         let request = Self.sample + "BODY"
-        withHead(request) { result in
-            guard case let .complete(head) = result else {
-                Issue.record("expected complete, got \(result)")
-                return
-            }
+        try withHead(request) { result in
+            let head = try #require(result.head, "expected complete, got \(result)")
             #expect(string(head.method) == "GET")
             #expect(string(head.target) == "/ws/lobby?x=1")
             #expect(head.versionMinor == 1)
@@ -20,9 +17,9 @@ import WireProtocol
         }
     }
 
-    @Test func headerLookupIsCaseInsensitiveFirstMatchAndTrimmed() {
-        withHead(Self.sample) { result in
-            guard case let .complete(head) = result else { Issue.record("not complete"); return }
+    @Test func headerLookupIsCaseInsensitiveFirstMatchAndTrimmed() throws {
+        try withHead(Self.sample) { result in
+            let head = try #require(result.head, "expected complete, got \(result)")
             #expect(string(head.header("host")) == "example.com")
             #expect(string(head.header("HOST")) == "example.com")
             #expect(string(head.header("sec-websocket-key")) == "dGhlIHNhbXBsZSBub25jZQ==")
@@ -33,9 +30,9 @@ import WireProtocol
         }
     }
 
-    @Test func headerTokensAreMatchedInCommaSeparatedListsCaseInsensitively() {
-        withHead(Self.sample) { result in
-            guard case let .complete(head) = result else { Issue.record("not complete"); return }
+    @Test func headerTokensAreMatchedInCommaSeparatedListsCaseInsensitively() throws {
+        try withHead(Self.sample) { result in
+            let head = try #require(result.head, "expected complete, got \(result)")
             #expect(head.headerHasToken("connection", "upgrade"))
             #expect(head.headerHasToken("Connection", "KEEP-ALIVE"))
             #expect(!head.headerHasToken("Connection", "close"))
@@ -53,47 +50,42 @@ import WireProtocol
         ("GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n", true),
         ("GET / HTTP/1.0\r\nconnection: Keep-Alive\r\n\r\n", true),
     ])
-    func keepAliveFollowsVersionAndConnectionHeader(request: String, keepAlive: Bool) {
-        withHead(request) { result in
-            guard case let .complete(head) = result else { Issue.record("not complete"); return }
+    func keepAliveFollowsVersionAndConnectionHeader(request: String, keepAlive: Bool) throws {
+        try withHead(request) { result in
+            let head = try #require(result.head, "expected complete, got \(result)")
             #expect(head.keepAlive == keepAlive)
         }
     }
 
-    @Test func everyStrictPrefixOfAValidHeadNeedsMore() {
+    @Test func everyStrictPrefixOfAValidHeadNeedsMore() throws {
         let bytes = Array(Self.sample.utf8)
         for n in 0..<bytes.count {
             let result = bytes[..<n].withUnsafeBytes { parseHTTPHead($0) }
-            guard case .needMore = result else {
-                Issue.record("prefix \(n): \(result)")
-                return
-            }
+            try #require(result.needsMore, "prefix \(n): \(result)")
         }
     }
 
     @Test func headLargerThanLimitIsRequestHeaderFieldsTooLarge() {
         let big = "GET / HTTP/1.1\r\nX-Big: " + String(repeating: "a", count: 9000) + "\r\n\r\n"
         withHead(big) { result in
-            guard case .failure(let status) = result else { Issue.record("\(result)"); return }
-            #expect(status == .requestHeaderFieldsTooLarge)
+            #expect(result.failureStatus == .requestHeaderFieldsTooLarge, "got \(result)")
         }
         // Without a terminator yet, but already at the limit.
         let partial = "GET / HTTP/1.1\r\nX-Big: " + String(repeating: "a", count: 100)
         withHead(partial, limit: 64) { result in
-            guard case .failure(let status) = result else { Issue.record("\(result)"); return }
-            #expect(status.code == 431)
+            #expect(result.failureStatus?.code == 431, "got \(result)")
         }
         // Below the limit it just needs more.
         withHead(partial, limit: 1000) { result in
-            guard case .needMore = result else { Issue.record("\(result)"); return }
+            #expect(result.needsMore, "got \(result)")
         }
         // A head of exactly `limit` bytes is fine.
         let exact = "GET / HTTP/1.1\r\n\r\n"
         withHead(exact, limit: exact.utf8.count) { result in
-            guard case .complete = result else { Issue.record("\(result)"); return }
+            #expect(result.head != nil, "got \(result)")
         }
         withHead(exact, limit: exact.utf8.count - 1) { result in
-            guard case .failure(.requestHeaderFieldsTooLarge) = result else { Issue.record("\(result)"); return }
+            #expect(result.failureStatus == .requestHeaderFieldsTooLarge, "got \(result)")
         }
     }
 
@@ -124,15 +116,11 @@ import WireProtocol
     ])
     func malformedHeadIsBadRequest(request: String) {
         withHead(request) { result in
-            guard case .failure(let status) = result else {
-                Issue.record("expected 400 for \(request.debugDescription), got \(result)")
-                return
-            }
-            #expect(status == .badRequest)
+            #expect(result.failureStatus == .badRequest, "expected 400 for \(request.debugDescription), got \(result)")
         }
     }
 
-    @Test func acceptableVariantsParse() {
+    @Test func acceptableVariantsParse() throws {
         for request in [
             "\r\nGET / HTTP/1.1\r\n\r\n",                    // leading empty line
             "GET / HTTP/1.1\r\nX-A:\tb \t\r\n\r\n",          // tabs as OWS
@@ -141,27 +129,24 @@ import WireProtocol
             "M-SEARCH /x HTTP/1.1\r\n\r\n",
         ] {
             withHead(request) { result in
-                guard case .complete = result else {
-                    Issue.record("expected complete for \(request.debugDescription), got \(result)")
-                    return
-                }
+                #expect(result.head != nil, "expected complete for \(request.debugDescription), got \(result)")
             }
         }
-        withHead("\r\nGET /x HTTP/1.1\r\nX-A:\tb \t\r\n\r\n") { result in
-            guard case let .complete(head) = result else { return }
+        try withHead("\r\nGET /x HTTP/1.1\r\nX-A:\tb \t\r\n\r\n") { result in
+            let head = try #require(result.head, "expected complete, got \(result)")
             #expect(string(head.method) == "GET")
             #expect(string(head.target) == "/x")
             #expect(string(head.header("x-a")) == "b")
         }
     }
 
-    @Test func pipelinedRequestsParseOneAtATime() {
+    @Test func pipelinedRequestsParseOneAtATime() throws {
         let two = Array("GET /a HTTP/1.1\r\n\r\nGET /b HTTP/1.1\r\n\r\n".utf8)
-        two.withUnsafeBytes { buffer in
-            guard case let .complete(first) = parseHTTPHead(buffer) else { Issue.record("first"); return }
+        try two.withUnsafeBytes { buffer in
+            let first = try #require(parseHTTPHead(buffer).head, "the first request did not parse")
             #expect(string(first.target) == "/a")
             let rest = UnsafeRawBufferPointer(rebasing: buffer[first.headLength...])
-            guard case let .complete(second) = parseHTTPHead(rest) else { Issue.record("second"); return }
+            let second = try #require(parseHTTPHead(rest).head, "the second request did not parse")
             #expect(string(second.target) == "/b")
         }
     }
