@@ -75,6 +75,16 @@ public final class FramePool {
         return FrameBuffer(header: header)
     }
 
+    /// A buffer holding a copy of `bytes` (an HTTP response, a close frame), reference count 1.
+    public func buffer(copying bytes: [UInt8]) -> FrameBuffer {
+        let buffer = allocate(capacity: bytes.count)
+        bytes.withUnsafeBytes { src in
+            if let base = src.baseAddress, src.count > 0 { buffer.bytes.copyMemory(from: base, byteCount: src.count) }
+        }
+        buffer.count = bytes.count
+        return buffer
+    }
+
     /// Adds one reference.
     @inline(__always)
     public func retain(_ buffer: FrameBuffer, count: UInt32 = 1) {

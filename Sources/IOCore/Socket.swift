@@ -55,6 +55,42 @@ public enum Socket {
         }
     }
 
+    /// The address of the socket's peer, `host:port` (`[v6]:port` for IPv6); nil when it has
+    /// none (already disconnected) or is not an IP socket.
+    public static func peerAddress(_ fd: Int32) -> String? {
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let rc = withUnsafeMutablePointer(to: &storage) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
+        }
+        guard rc == 0 else { return nil }
+        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+        switch Int32(storage.ss_family) {
+        case AF_INET:
+            return withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin -> String? in
+                    var addr = sin.pointee.sin_addr
+                    guard inet_ntop(AF_INET, &addr, &text, socklen_t(text.count)) != nil else { return nil }
+                    return "\(cText(text)):\(UInt16(bigEndian: sin.pointee.sin_port))"
+                }
+            }
+        case AF_INET6:
+            return withUnsafePointer(to: &storage) {
+                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 -> String? in
+                    var addr = sin6.pointee.sin6_addr
+                    guard inet_ntop(AF_INET6, &addr, &text, socklen_t(text.count)) != nil else { return nil }
+                    return "[\(cText(text))]:\(UInt16(bigEndian: sin6.pointee.sin6_port))"
+                }
+            }
+        default:
+            return nil
+        }
+    }
+
+    private static func cText(_ chars: [CChar]) -> String {
+        String(decoding: chars.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
     /// TCP_NODELAY: frames go out when written, not after Nagle's delay.
     public static func setNoDelay(_ fd: Int32) {
         var one: Int32 = 1
@@ -85,8 +121,11 @@ public enum Socket {
 
 /// An eventfd: the cross-thread doorbell of a shard's mailbox.
 public final class EventFD: @unchecked Sendable {
-    // Sendable: the descriptor is an integer; write(2) on an eventfd is thread-safe.
+    // Sendable: the descriptor is an integer; write(2) on an eventfd is thread-safe. `readTarget`
+    // is touched only by the one loop that listens (``EventLoopBackend/armWake(_:tag:)``).
     public let fd: Int32
+    /// Where the listening loop's read of the counter lands; alive as long as the eventfd.
+    let readTarget = UnsafeMutableRawPointer.allocate(byteCount: 8, alignment: 8)
     public init() throws {
         fd = cu_eventfd()
         if fd < 0 { throw EventLoopError("eventfd: \(errnoDescription(errno))") }
@@ -96,7 +135,19 @@ public final class EventFD: @unchecked Sendable {
         var one: UInt64 = 1
         _ = write(fd, &one, 8)
     }
-    deinit { Glibc.close(fd) }
+    deinit {
+        Glibc.close(fd)
+        readTarget.deallocate()
+    }
+}
+
+extension EventLoopBackend {
+    /// Arms a read of `bell`'s counter: a `.wake`-style completion tagged `tag` when it rings.
+    /// Custody: the read lands in `bell`'s own 8 bytes, which live as long as `bell`; keep it
+    /// alive until the completion.
+    public func armWake(_ bell: EventFD, tag: Tag) {
+        readWake(fd: bell.fd, into: bell.readTarget, tag: tag)
+    }
 }
 
 /// Monotonic clock in nanoseconds.

@@ -18,7 +18,17 @@ public final class UringEventLoop: EventLoopBackend {
     private let bufferSize: Int
     private let bufferMask: Int32
     private let buffers: UnsafeMutableRawPointer
-    private var recycled: Int32 = 0
+    /// Free receive buffers not in the ring, most recently used last. The ring is kept stocked
+    /// with `stockTarget` of them, taken from the top, so a quiet server keeps reusing the same
+    /// few buffers (and their pages) instead of cycling through all of them: every buffer the
+    /// kernel fills once stays in the process's resident memory.
+    private var stock: [UInt16]
+    /// Buffers in the ring that no completion has named yet.
+    private var inRing = 0
+    /// How many buffers the ring is stocked with. Doubles (up to `bufferCount`) when the ring ran
+    /// dry (a receive failed with ENOBUFS) or fell below a quarter of it in one poll.
+    public private(set) var stockTarget: Int
+    private var sawNoBuffers = false
     private let cqes: UnsafeMutablePointer<cu_cqe>
     private let batchSize = 512
     /// Registered-file table, indexed by descriptor number: a socket's receives and sends name
@@ -59,17 +69,19 @@ public final class UringEventLoop: EventLoopBackend {
         // Custody: these buffers belong to the kernel while they sit in the ring; a buffer is
         // ours from the completion that names it until recycle() hands it back.
         self.buffers = UnsafeMutableRawPointer.allocate(byteCount: bufferCount * bufferSize, alignment: 4096)
-        for i in 0..<bufferCount {
-            cu_buf_ring_add(br, buffers + i * bufferSize, UInt32(bufferSize), UInt16(i), bufferMask, Int32(i))
-        }
-        cu_buf_ring_advance(br, Int32(bufferCount))
+        self.stock = (0..<config.receiveBufferCount).reversed().map { UInt16($0) }
+        self.stockTarget = min(config.receiveBufferCount, UringEventLoop.initialStock)
         self.cqes = .allocate(capacity: batchSize)
         var limit = rlimit()
         let wanted = getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 ? min(Int(limit.rlim_cur), 1 << 16) : 0
         self.fixedCount = wanted > 0 && cu_register_files_sparse(ring, UInt32(wanted)) == 0 ? wanted : 0
         self.fixed = .allocate(capacity: max(fixedCount, 1))
         self.fixed.initialize(repeating: false, count: max(fixedCount, 1))
+        fillRing()
     }
+
+    /// Receive buffers the ring starts stocked with.
+    public static let initialStock = 128
 
     deinit {
         cu_free_buf_ring(ring, bufRing, UInt32(bufferCount), bufferGroup)
@@ -163,15 +175,27 @@ public final class UringEventLoop: EventLoopBackend {
 
     @inline(__always)
     public func recycle(_ id: UInt16) {
-        cu_buf_ring_add(bufRing, buffers + Int(id) * bufferSize, UInt32(bufferSize), id, bufferMask, recycled)
-        recycled += 1
+        stock.append(id)
     }
 
-    private func publishRecycled() {
-        if recycled > 0 {
-            cu_buf_ring_advance(bufRing, recycled)
-            recycled = 0
+    /// Tops the ring up to `stockTarget` from the most recently used free buffers, doubling the
+    /// target first if the ring ran dry or low since the last call.
+    private func restock() {
+        if (sawNoBuffers || inRing < stockTarget / 4) && stockTarget < bufferCount {
+            stockTarget = min(bufferCount, stockTarget * 2)
         }
+        sawNoBuffers = false
+        fillRing()
+    }
+
+    private func fillRing() {
+        var added: Int32 = 0
+        while inRing < stockTarget, let id = stock.popLast() {
+            cu_buf_ring_add(bufRing, buffers + Int(id) * bufferSize, UInt32(bufferSize), id, bufferMask, added)
+            added += 1
+            inRing += 1
+        }
+        if added > 0 { cu_buf_ring_advance(bufRing, added) }
     }
 
     @inline(__always)
@@ -184,13 +208,13 @@ public final class UringEventLoop: EventLoopBackend {
     }
 
     public func flush() {
-        publishRecycled()
+        restock()
         unsubmittedSends = 0
         _ = cu_submit(ring)
     }
 
     public func poll(timeoutNanoseconds: Int64, _ body: (Completion) -> Void) {
-        publishRecycled()
+        restock()
         unsubmittedSends = 0
         let r = cu_submit_and_wait_timeout(ring, 1, timeoutNanoseconds)
         if r < 0 && r != -ETIME && r != -EINTR && r != -EAGAIN && r != -EBUSY {
@@ -207,13 +231,14 @@ public final class UringEventLoop: EventLoopBackend {
                 let c = cqes[i]
                 guard let tag = Tag(rawValue: c.user_data) else { continue }
                 let hasBuffer = c.flags & CU_CQE_F_BUFFER != 0
+                if hasBuffer { inRing -= 1 } else if c.res == -ENOBUFS { sawNoBuffers = true }
                 body(Completion(
                     tag: tag, result: c.res,
                     bufferID: hasBuffer ? UInt16(truncatingIfNeeded: c.flags >> CU_CQE_BUFFER_SHIFT) : nil,
                     more: c.flags & CU_CQE_F_MORE != 0))
             }
             if n < batchSize { break }
-            publishRecycled()
+            restock()
         }
     }
 }
