@@ -174,6 +174,27 @@ public struct HTTPRequestHead {
         return headerHasToken("Connection", "keep-alive") && !headerHasToken("Connection", "close")
     }
 
+    /// Every header line as owned strings, in order, names as sent and values trimmed of optional
+    /// whitespace (bytes that are not UTF-8 are repaired with U+FFFD). For decisions made away
+    /// from the receive buffer, such as an upgrade policy; not for the hot path.
+    public func copiedHeaders() -> [(name: String, value: String)] {
+        var out: [(name: String, value: String)] = []
+        forEachHeader { n, v in
+            out.append((String(decoding: n, as: UTF8.self), String(decoding: v, as: UTF8.self)))
+            return true
+        }
+        return out
+    }
+
+    /// The query of the request-target (after `?`, before any `#`), as sent; nil when there is none.
+    public var query: String? {
+        let t = target
+        guard let q = t.firstIndex(of: UInt8(ascii: "?")) else { return nil }
+        var end = q + 1
+        while end < t.count, t[end] != UInt8(ascii: "#") { end += 1 }
+        return String(decoding: UnsafeRawBufferPointer(rebasing: t[(q + 1)..<end]), as: UTF8.self)
+    }
+
     /// What the head says about a body after it (RFC 9112 §6): `Transfer-Encoding`, or a
     /// `Content-Length` that must be one plain decimal number (`abc`, `-1`, `5, 6` are invalid).
     public var bodyFraming: HTTPBodyFraming {

@@ -48,12 +48,19 @@ public func httpErrorResponse(_ status: HTTPStatus, headers: [(String, String)] 
     return httpResponse(status, headers: all, body: Array("\(status.code) \(status.reason)\n".utf8), keepAlive: false)
 }
 
-/// The `101 Switching Protocols` response completing a WebSocket handshake (no extensions, no subprotocol).
-public func webSocketUpgradeResponse(accept: String) -> [UInt8] {
+/// The `101 Switching Protocols` response completing a WebSocket handshake (no extensions, no
+/// subprotocol), with any extra `headers` after the handshake's own.
+public func webSocketUpgradeResponse(accept: String, headers: [(name: String, value: String)] = []) -> [UInt8] {
     var out: [UInt8] = []
     out.reserveCapacity(130)
     out.appendASCII("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ")
     out.appendASCII(accept)
+    for (name, value) in headers {
+        out.appendASCII("\r\n")
+        out.appendASCII(name)
+        out.appendASCII(": ")
+        out.appendASCII(value)
+    }
     out.appendASCII("\r\n\r\n")
     return out
 }

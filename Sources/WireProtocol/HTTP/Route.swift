@@ -189,3 +189,11 @@ func decodeFilePath(_ path: UnsafeRawBufferPointer) -> String? {
     }
     return String(decoding: decoded, as: UTF8.self)
 }
+
+extension HTTPRequestHead {
+    /// The path of the request-target as sent, without query or fragment (`/` for an absolute-form
+    /// target that has none); nil for a target of neither form.
+    public var path: String? {
+        requestPath(target).map { $0.isEmpty ? "/" : String(decoding: $0, as: UTF8.self) }
+    }
+}
