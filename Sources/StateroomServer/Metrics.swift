@@ -7,7 +7,7 @@ final class ShardStats: Sendable {
         case connectionsAccepted, connectionsOpen, webSocketsOpen, handoffsOut, handoffsIn
         case roomsActive, roomsCreated, roomFailures, messagesReceived, framesQueued, bytesQueued
         case sendsSubmitted, slowClientCloses, protocolErrorCloses, heartbeatTimeouts, httpErrors
-        case acceptErrors, pingsSent, sendsHeld, coalesceWindowMicros, busyPermille
+        case acceptErrors, pingsSent, sendsHeld, coalesceWindowMicros, busyPermille, upgradesRefused
 
         var name: String {
             switch self {
@@ -32,6 +32,7 @@ final class ShardStats: Sendable {
             case .sendsHeld: "stateroom_sends_held_total"
             case .coalesceWindowMicros: "stateroom_coalesce_window_microseconds"
             case .busyPermille: "stateroom_shard_busy_permille"
+            case .upgradesRefused: "stateroom_upgrades_refused_total"
             }
         }
 

@@ -1,62 +1,155 @@
+import IOCore
 import Stateroom
 
+/// What a room's context reaches while a service runs: the shard that owns the room.
+protocol RoomHost: AnyObject {
+    /// Encodes `message` once and queues it to the members `recipient` names.
+    func send(_ message: MessagePayload, to recipient: MessageRecipient, in room: Room)
+    /// Replaces the room's timer.
+    func setTimer(of room: Room, milliseconds: UInt32)
+}
+
+/// Why a room's service cannot go on (``StateroomContext/closeRoom(reason:)``): the room ends and
+/// its clients are closed with 1011.
+struct RoomFailure: Error, Equatable {
+    let reason: String
+}
+
 /// One room: a service instance and its clients, living on one shard for its whole life.
+///
+/// Every callback into the service returns the failure it reported, if any, as a value (once:
+/// after a failure the service is not called again): the caller decides what ending the room
+/// means for the connections.
 final class Room {
     let id: String
-    var service: any StateroomService
-    /// Open members, for fan-out. A member knows its index (swap-remove on leave).
-    @exclusivity(unchecked) var members: [Connection] = []
-    @exclusivity(unchecked) var byId: [ClientId: Connection] = [:]
-    var nextClientId: UInt32 = 1
+    private var service: any StateroomService
+    /// Open members in client-id order (ids only grow, so joining appends).
+    @exclusivity(unchecked) private(set) var members: [Connection] = []
+    /// `members`' ids, for finding one by binary search.
+    @exclusivity(unchecked) private var memberIds: [UInt32] = []
+    private var nextClientId: UInt32 = 1
     /// Bumped whenever the timer is set or the room ends; a timer entry with an older token is stale.
     var timerToken: UInt64 = 0
-    /// Set by `closeRoom(reason:)`; the shard then ends the room.
-    var failure: String?
-    var isClosed = false
+    private(set) var isClosed = false
+    /// Set once the service reported a failure; later callbacks are skipped until the shard ends
+    /// the room.
+    private(set) var failure: RoomFailure?
+    /// What the service reported through `closeRoom` during the current callback.
+    fileprivate var reported: RoomFailure?
 
     init(id: String, service: any StateroomService) {
         self.id = id
         self.service = service
     }
 
+    // MARK: - Members
+
+    /// Makes `conn` a member with the next client id.
     func add(_ conn: Connection) -> ClientId {
         let id = ClientId(nextClientId)
         nextClientId &+= 1
         conn.room = self
         conn.clientId = id
-        conn.memberIndex = members.count
         members.append(conn)
-        byId[id] = conn
+        memberIds.append(id.rawValue)
         return id
     }
 
+    /// Removes `conn` from the members (a no-op if it is not one).
     func remove(_ conn: Connection) {
-        let i = conn.memberIndex
-        guard i >= 0, i < members.count, members[i] === conn else { return }
-        byId[conn.clientId] = nil
-        let last = members.removeLast()
-        if i < members.count {
-            members[i] = last
-            last.memberIndex = i
+        guard let i = index(of: conn.clientId), members[i] === conn else { return }
+        members.remove(at: i)
+        memberIds.remove(at: i)
+    }
+
+    /// The member with client id `id`.
+    func member(_ id: ClientId) -> Connection? {
+        index(of: id).map { members[$0] }
+    }
+
+    private func index(of id: ClientId) -> Int? {
+        var lo = 0
+        var hi = memberIds.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if memberIds[mid] < id.rawValue { lo = mid + 1 } else { hi = mid }
         }
-        conn.memberIndex = -1
+        return lo < memberIds.count && memberIds[lo] == id.rawValue ? lo : nil
+    }
+
+    /// Hands one reference of `frame` to each member `recipient` names (`frame` is retained for
+    /// each; the caller's own reference is untouched), without retaining the members.
+    func fanOut(_ frame: FrameBuffer, to recipient: MessageRecipient, pool: FramePool,
+                _ enqueue: (Connection, FrameBuffer) -> Void) {
+        switch recipient {
+        case .broadcast:
+            pool.retain(frame, count: UInt32(members.count))
+            forEachUnretained(members) { enqueue($0, frame) }
+        case .everyoneExcept(let except):
+            let skipped = member(except) == nil ? 0 : 1
+            pool.retain(frame, count: UInt32(members.count - skipped))
+            forEachUnretained(members) { m in if m.clientId != except { enqueue(m, frame) } }
+        case .client(let id):
+            if let m = member(id) {
+                pool.retain(frame)
+                enqueue(m, frame)
+            }
+        }
+    }
+
+    // MARK: - Service callbacks
+
+    func initialize(_ host: RoomHost) -> RoomFailure? {
+        call(host) { s, ctx in s.initialize(context: ctx) }
+    }
+
+    func connect(_ client: ClientId, _ host: RoomHost) -> RoomFailure? {
+        call(host) { s, ctx in s.connect(client: client, context: ctx) }
+    }
+
+    func message(_ client: ClientId, _ payload: MessagePayload, _ host: RoomHost) -> RoomFailure? {
+        call(host) { s, ctx in s.message(client: client, message: payload, context: ctx) }
+    }
+
+    func disconnect(_ client: ClientId, _ host: RoomHost) -> RoomFailure? {
+        call(host) { s, ctx in s.disconnect(client: client, context: ctx) }
+    }
+
+    func timer(_ host: RoomHost) -> RoomFailure? {
+        call(host) { s, ctx in s.timer(context: ctx) }
+    }
+
+    @inline(__always)
+    private func call(_ host: RoomHost, _ body: (inout any StateroomService, RoomContext) -> Void) -> RoomFailure? {
+        guard !isClosed, failure == nil else { return nil }
+        body(&service, RoomContext(host: host, room: self))
+        guard let reported else { return nil }
+        self.reported = nil
+        failure = reported
+        return reported
+    }
+
+    /// Marks the room ended: later callbacks are no-ops and pending timers stale.
+    func close() {
+        isClosed = true
+        timerToken &+= 1
     }
 }
 
 /// The context a room's service sees during one callback.
 struct RoomContext: StateroomContext {
-    unowned(unsafe) let shard: Shard
+    unowned(unsafe) let host: RoomHost
     unowned(unsafe) let room: Room
 
     func send(_ message: MessagePayload, to recipient: MessageRecipient) {
-        shard.send(message, to: recipient, in: room)
+        host.send(message, to: recipient, in: room)
     }
 
     func setTimer(milliseconds: UInt32) {
-        shard.setRoomTimer(room, milliseconds: milliseconds)
+        host.setTimer(of: room, milliseconds: milliseconds)
     }
 
     func closeRoom(reason: String) {
-        if room.failure == nil { room.failure = reason }
+        if room.reported == nil { room.reported = RoomFailure(reason: reason) }
     }
 }

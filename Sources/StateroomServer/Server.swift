@@ -73,11 +73,8 @@ public final class Server: @unchecked Sendable {
             stats.append(ShardStats())
         }
         for i in 0..<config.shards {
-            let s = Shard(index: i, config: config, factory: factory, listenerFD: listeners[i],
-                          mailbox: mailboxes[i], stats: stats[i], logger: logger)
-            s.peers = mailboxes
-            s.allStats = stats
-            shards.append(s)
+            shards.append(Shard(index: i, config: config, factory: factory, listenerFD: listeners[i],
+                                mailboxes: mailboxes, allStats: stats, logger: logger))
         }
         // Pin shard i to the i-th CPU this process may use (respecting taskset/cgroup masks).
         let cpus = Socket.allowedCPUs

@@ -40,6 +40,9 @@ public struct ServerConfiguration: Sendable {
     public var closeTimeout: Double = 5
     /// Directory served at `/` (static files), if any.
     public var staticDirectory: String?
+    /// Decides every WebSocket upgrade that passed the protocol checks (accept, or refuse with a
+    /// status): authentication, admission limits. Runs on a shard thread; must not block.
+    public var upgradePolicy: any UpgradePolicy = AcceptAllUpgrades()
     /// Pin shard threads to CPUs.
     public var pinThreads = true
     public var eventLoop = EventLoopConfiguration()

@@ -1,4 +1,4 @@
-import Glibc
+import IOCore
 
 /// Static files for `--static DIR` (the `stateroom dev` client folder). Small files read whole;
 /// meant for development, not a CDN.
@@ -20,23 +20,8 @@ enum StaticFiles {
             parts.append(seg)
         }
         var full = root + "/" + parts.joined(separator: "/")
-        var st = stat()
-        guard stat(full, &st) == 0 else { return nil }
-        if (st.st_mode & S_IFMT) == S_IFDIR {
-            full += "/index.html"
-            guard stat(full, &st) == 0, (st.st_mode & S_IFMT) == S_IFREG else { return nil }
-        }
-        guard (st.st_mode & S_IFMT) == S_IFREG, st.st_size <= maxSize else { return nil }
-        let fd = open(full, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var bytes = [UInt8](repeating: 0, count: Int(st.st_size))
-        var got = 0
-        while got < bytes.count {
-            let n = bytes.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + got, $0.count - got) }
-            if n <= 0 { return nil }
-            got += n
-        }
+        if FileIO.kind(of: full) == .directory { full += "/index.html" }
+        guard let bytes = FileIO.read(full, maxSize: maxSize) else { return nil }
         return File(bytes: bytes, contentType: contentType(full))
     }
 

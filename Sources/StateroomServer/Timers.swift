@@ -4,11 +4,12 @@ import HeapModule
 enum TimerKind {
     case room(Room, token: UInt64)
     case heartbeat
-    /// A client still reading its request head by now is dropped.
-    case requestDeadline(slot: UInt32, generation: UInt32)
-    /// A closing connection whose peer has not finished by now is cut.
+    /// A closing connection whose peer has not finished by now is cut (so is one still parked
+    /// for its hand-off).
     case connectionDeadline(slot: UInt32, generation: UInt32)
     case resumeAccept
+    /// Frees the parser storage of quiet connections.
+    case sweep
 }
 
 /// One pending timer; ordered by deadline, then by insertion.

@@ -1,0 +1,185 @@
+import Glibc
+import IOCore
+import Stateroom
+import WireProtocol
+
+// The receive path: a received buffer, through the connection's transport, to the request-head
+// reader (front door) or the frame parser (room). One of the two files of this module that touch
+// raw memory (the other is Frames.swift): received bytes are borrowed views of the loop's
+// provided buffer, valid until the buffer is recycled at the end of the completion.
+
+/// How a connection's bytes cross the wire: the seam between the socket and the protocol.
+///
+/// Inbound, what the socket delivers passes through ``Shard/received(_:_:)`` before the request
+/// head reader or the frame parser sees it; outbound, every frame passes through
+/// ``Shard/enqueue(_:frame:force:)`` before the outbox queues it. Plain bytes are passed as they
+/// are. TLS adds a case holding its session: records opened into plaintext on the way in, frames
+/// sealed into records on the way out, at those two points and nowhere else.
+enum Transport {
+    /// Bytes as they are.
+    case plain
+}
+
+extension Shard {
+    func handleRecv(_ c: Completion) {
+        guard let conn = conns.lookup(slot: c.tag.slot, generation: c.tag.generation) else {
+            if let id = c.bufferID { loop.recycle(id) }
+            return
+        }
+        if !c.more { conn.recvArmed = false }
+        if let id = c.bufferID {
+            if c.result > 0 {
+                conn.lastHeard = now
+                received(conn, loop.buffer(id, count: Int(c.result)))
+            }
+            loop.recycle(id)
+        }
+        if conn.state == .dead {
+            finishIfIdle(conn)
+            return
+        }
+        if c.result > 0 || c.result == -ENOBUFS {
+            // A receive can end while the socket lives: a multishot one when the buffer ring was
+            // briefly empty, a single-shot one (request heads) after each read or on an empty ring.
+            if !conn.recvArmed {
+                switch conn.state {
+                case .http: armReceive(conn, multishot: false)
+                case .open, .closing: armReceive(conn, multishot: true)
+                case .parked, .dead: break
+                }
+            }
+            return
+        }
+        if conn.recvArmed { return }
+        // EOF or error: the peer is gone (or we shut the socket down).
+        abort(conn)
+    }
+
+    /// The transport seam, inbound: bytes from the socket reach the request-head reader or the
+    /// frame parser.
+    @inline(__always)
+    func received(_ conn: Connection, _ bytes: UnsafeMutableRawBufferPointer) {
+        switch conn.transport {
+        case .plain:
+            switch conn.state {
+            case .http: onHTTPBytes(conn, bytes)
+            case .open: onFrameBytes(conn, bytes)
+            case .parked, .closing, .dead: break
+            }
+        }
+    }
+
+    // MARK: - Request heads
+
+    private func onHTTPBytes(_ conn: Connection, _ buf: UnsafeMutableRawBufferPointer) {
+        if conn.httpBuffer.isEmpty {
+            let consumed = processHTTP(conn, buf)
+            if consumed < buf.count, conn.state == .http {
+                conn.httpBuffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: buf[consumed...]))
+            }
+        } else {
+            conn.httpBuffer.append(contentsOf: UnsafeRawBufferPointer(buf))
+            var pending = conn.httpBuffer
+            conn.httpBuffer = []
+            let consumed = pending.withUnsafeMutableBytes { processHTTP(conn, $0) }
+            if consumed < pending.count, conn.state == .http {
+                pending.removeFirst(consumed)
+                conn.httpBuffer = pending
+            }
+        }
+        if conn.state == .http { armReceive(conn, multishot: false) }
+    }
+
+    /// Answers every complete request head in `buf` through the front door; returns the bytes
+    /// consumed. After an upgrade the remaining bytes are frames and are consumed here as well.
+    private func processHTTP(_ conn: Connection, _ buf: UnsafeMutableRawBufferPointer) -> Int {
+        var offset = 0
+        while conn.state == .http && offset < buf.count {
+            switch parseHTTPHead(UnsafeRawBufferPointer(rebasing: buf[offset...])) {
+            case .needMore:
+                return offset
+            case .failure(let status):
+                httpError(conn, httpErrorResponse(status))
+                return buf.count
+            case .complete(let head):
+                let headLength = head.headLength
+                switch frontDoor.answer(head, peer: { Socket.peerAddress(conn.fd) }) {
+                case .respond(let response, let keepAlive):
+                    respond(conn, response, close: !keepAlive)
+                case .fail(let response):
+                    httpError(conn, response)
+                    return buf.count
+                case .refuse(let response):
+                    count(.upgradesRefused)
+                    respond(conn, response, close: true)
+                    return buf.count
+                case .upgrade(let accepted, let owner):
+                    let rest = UnsafeMutableRawBufferPointer(rebasing: buf[(offset + headLength)...])
+                    if owner != index {
+                        handOff(conn, to: owner, accepted, rest: Array(UnsafeRawBufferPointer(rest)))
+                    } else {
+                        upgrade(conn, accepted, rest: rest)
+                    }
+                    return buf.count
+                }
+                offset += headLength
+            }
+        }
+        return offset
+    }
+
+    // MARK: - WebSocket
+
+    /// Answers 101, joins (or creates) the room, and parses `rest`, the bytes that followed the
+    /// request head, as frames.
+    func upgrade(_ conn: Connection, _ accepted: AcceptedUpgrade, rest: UnsafeMutableRawBufferPointer) {
+        guard join(conn, accepted) else { return }
+        armReceive(conn, multishot: true)
+        if rest.count > 0 { onFrameBytes(conn, rest) }
+    }
+
+    /// ``upgrade(_:_:rest:)`` for a socket handed over by another shard with the bytes it had read.
+    func upgrade(_ conn: Connection, _ accepted: AcceptedUpgrade, rest: [UInt8]) {
+        var rest = rest
+        rest.withUnsafeMutableBytes { upgrade(conn, accepted, rest: $0) }
+    }
+
+    private func onFrameBytes(_ conn: Connection, _ buf: UnsafeMutableRawBufferPointer) {
+        var offset = 0
+        while conn.state == .open {
+            switch conn.parser.next(buf, offset: &offset) {
+            case .needMore:
+                return
+            case .message(let opcode, let view):
+                count(.messagesReceived)
+                guard let room = conn.room else { continue }
+                let payload = MessagePayload(borrowing: view, kind: opcode == .text ? .text : .binary)
+                if let failure = room.message(conn.clientId, payload, self) {
+                    roomFailed(room, failure)
+                    return
+                }
+            case .ping(let view):
+                enqueue(conn, frame: pool.frame(.pong, payload: view), force: true)
+            case .pong:
+                break
+            case .close(let code, _):
+                // Echo the client's code (an empty close is answered with an empty close).
+                closeWebSocket(conn, code.map { CloseCode(rawValue: $0) }, reason: "")
+                return
+            case .protocolError(let code):
+                count(.protocolErrorCloses)
+                closeWebSocket(conn, code, reason: Self.protocolReason(code))
+                return
+            }
+        }
+    }
+
+    private static func protocolReason(_ code: CloseCode) -> String {
+        switch code.rawValue {
+        case 1002: return "protocol error"
+        case 1007: return "invalid UTF-8"
+        case 1009: return "message too big"
+        default: return ""
+        }
+    }
+}

@@ -1,0 +1,250 @@
+import Glibc
+import IOCore
+import Logging
+import Stateroom
+import WireProtocol
+
+/// Whether the shard's listener has a multishot accept armed, and whether accepting is paused
+/// because the process ran out of descriptors.
+struct AcceptState {
+    var armed = false
+    var paused = false
+    var pauseLogged = false
+}
+
+// Connection and room lifecycles: accept, hand-off, joining and leaving rooms, closing, and
+// freeing a socket's slot once nothing is in flight on it.
+
+extension Shard {
+    // MARK: - Accept
+
+    func armAccept() {
+        guard !accept.armed, !shuttingDown else { return }
+        accept.armed = true
+        loop.armAccept(fd: listenerFD, tag: Tag(op: .accept, slot: 0, generation: 0))
+    }
+
+    func handleAccept(_ c: Completion) {
+        if !c.more { accept.armed = false }
+        if c.result >= 0 {
+            count(.connectionsAccepted)
+            if accept.paused { accept.paused = false; accept.pauseLogged = false }
+            if shuttingDown {
+                Socket.close(c.result)
+            } else {
+                let conn = adopt(fd: c.result)
+                Socket.setNoDelay(conn.fd)
+                armReceive(conn, multishot: false)
+                // A client gets this long to send a complete request head (and, kept alive, the next one).
+                requestDeadlines.append((conn.slot, conn.generation, now + Shard.nanos(config.requestTimeout)))
+                requestDeadlinesPeak = max(requestDeadlinesPeak, requestDeadlines.count)
+            }
+        } else {
+            let e = -c.result
+            if e != ECANCELED { count(.acceptErrors) }
+            if e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM {
+                // Out of descriptors: stop accepting (a multishot accept that stayed armed would
+                // only fail again at once), log once, and resume when a connection closes or in 1 s.
+                if !accept.pauseLogged {
+                    logger.warning("accept paused: \(errnoDescription(e)); resuming when a connection closes (or in 1 s)")
+                    accept.pauseLogged = true
+                }
+                if !accept.paused {
+                    accept.paused = true
+                    timers.schedule(at: now + 1_000_000_000, .resumeAccept)
+                }
+                if c.more { loop.cancel(Tag(op: .accept, slot: 0, generation: 0)) }
+                return
+            }
+            if e != ECANCELED { logger.error("accept failed: \(errnoDescription(e))") }
+        }
+        if !accept.armed && !accept.paused { armAccept() }
+    }
+
+    /// Gives a socket a slot on this shard (a fresh accept, or a hand-off from another shard).
+    func adopt(fd: Int32) -> Connection {
+        count(.connectionsOpen)
+        return conns.adopt(fd: fd, maxMessageSize: config.maxMessageSize, now: now)
+    }
+
+    func armReceive(_ conn: Connection, multishot: Bool) {
+        guard !conn.recvArmed else { return }
+        conn.recvArmed = true
+        loop.armReceive(fd: conn.fd, tag: conn.tag(.recv), multishot: multishot)
+    }
+
+    // MARK: - HTTP answers and hand-off
+
+    func respond(_ conn: Connection, _ bytes: [UInt8], close: Bool) {
+        enqueue(conn, bytes: bytes)
+        if close {
+            conn.state = .closing
+            conn.closeAfterFlush = true
+            scheduleDeadline(conn, after: config.closeTimeout)
+        }
+    }
+
+    func httpError(_ conn: Connection, _ response: [UInt8]) {
+        count(.httpErrors)
+        respond(conn, response, close: true)
+    }
+
+    private func scheduleDeadline(_ conn: Connection, after seconds: Double) {
+        timers.schedule(at: now + Shard.nanos(seconds), .connectionDeadline(slot: conn.slot, generation: conn.generation))
+    }
+
+    /// Gives the socket to the shard that owns its room, with the decided upgrade (the owner
+    /// answers 101 without parsing the request again). No receive of ours is in flight on it (the
+    /// head is read with single-shot receives); if a response to an earlier request is still
+    /// queued or being sent, the socket is parked until that has drained.
+    func handOff(_ conn: Connection, to owner: Int, _ accepted: AcceptedUpgrade, rest: [UInt8]) {
+        if !conn.queue.isEmpty || conn.queue.sendInFlight {
+            conn.state = .parked
+            parked[conn.slot] = (owner, accepted, rest)
+            scheduleDeadline(conn, after: config.closeTimeout)
+            return
+        }
+        count(.handoffsOut)
+        let fd = conn.fd
+        loop.forget(fd: fd)
+        release(conn, closeDescriptor: false)
+        peers[owner].post(.handoff(fd: fd, accepted, rest: rest))
+    }
+
+    /// A parked socket whose queue has drained moves on.
+    func unparkIfDrained(_ conn: Connection) {
+        guard conn.state == .parked, conn.queue.isEmpty, !conn.queue.sendInFlight,
+              let p = parked.removeValue(forKey: conn.slot) else { return }
+        handOff(conn, to: p.owner, p.upgrade, rest: p.rest)
+    }
+
+    // MARK: - Rooms
+
+    /// Queues the 101 response and makes `conn` a member of its room, creating the room if there
+    /// is none. False when the room cannot be served: the client is then closed with 1011.
+    func join(_ conn: Connection, _ accepted: AcceptedUpgrade) -> Bool {
+        enqueue(conn, bytes: accepted.response)
+        conn.state = .open
+        let opened: RoomTable.Opened
+        do {
+            opened = try rooms.open(accepted.roomId, host: self)
+        } catch {
+            logger.error("room \(accepted.roomId): cannot create its service: \(error)")
+            closeWebSocket(conn, .internalError, reason: "service unavailable")
+            return false
+        }
+        if opened.created {
+            count(.roomsCreated)
+            count(.roomsActive)
+        }
+        if let failure = opened.failure {
+            roomFailed(opened.room, failure)
+            closeWebSocket(conn, .internalError, reason: "service failed")
+            return false
+        }
+        count(.webSocketsOpen)
+        let id = opened.room.add(conn)
+        if let failure = opened.room.connect(id, self) { roomFailed(opened.room, failure) }
+        return true
+    }
+
+    /// The room's service failed: it ends after the current completions (``drainPending()``).
+    func roomFailed(_ room: Room, _ failure: RoomFailure) {
+        failedRooms.append((room, failure))
+    }
+
+    func endRoom(_ room: Room) {
+        if rooms.end(room) { count(.roomsActive, -1) }
+    }
+
+    /// Removes departed clients from their rooms and tells the services; ends empty and failed rooms.
+    func drainPending() {
+        while !pendingLeaves.isEmpty || !failedRooms.isEmpty {
+            while let conn = pendingLeaves.popLast() {
+                guard let room = conn.room else { continue }
+                conn.room = nil
+                room.remove(conn)
+                count(.webSocketsOpen, -1)
+                if room.isClosed { continue }
+                if let failure = room.disconnect(conn.clientId, self) {
+                    roomFailed(room, failure)
+                    continue
+                }
+                // A failed room is ended below, with its log line.
+                if room.members.isEmpty && room.failure == nil { endRoom(room) }
+            }
+            while let (room, failure) = failedRooms.popLast() {
+                guard !room.isClosed else { continue }
+                count(.roomFailures)
+                logger.error("room \(room.id) ended: \(failure.reason); closing its clients with 1011")
+                let members = room.members
+                endRoom(room)
+                for m in members { closeWebSocket(m, .internalError, reason: "room ended") }
+            }
+        }
+    }
+
+    /// Serves new rooms from `factory` and ends every open room (clients are closed with 1012
+    /// "service restart"); the next connect to a room id creates it afresh.
+    func restartRooms(_ factory: any StateroomServiceFactory) {
+        let open = rooms.replaceFactory(factory)
+        for room in open {
+            let members = room.members
+            endRoom(room)
+            for m in members { closeWebSocket(m, .serviceRestart, reason: "service restart") }
+        }
+        logger.info("service reloaded: \(open.count) room(s) restarted")
+    }
+
+    // MARK: - Closing
+
+    /// Queues a close frame, leaves the room, and shuts the socket once the frame is out.
+    func closeWebSocket(_ conn: Connection, _ code: CloseCode?, reason: String, grace: Double? = nil) {
+        guard conn.state == .open else { return }
+        conn.state = .closing
+        enqueue(conn, bytes: code.map { closeFrame($0, reason: reason) } ?? [0x88, 0x00])
+        conn.closeAfterFlush = true
+        scheduleLeave(conn)
+        scheduleDeadline(conn, after: grace ?? config.closeTimeout)
+    }
+
+    private func scheduleLeave(_ conn: Connection) {
+        if conn.room != nil { pendingLeaves.append(conn) }
+    }
+
+    /// Ends a connection now: leaves its room, shuts the socket (which completes any receive or
+    /// send in flight), and frees the slot once nothing is in flight.
+    func abort(_ conn: Connection) {
+        if conn.state == .dead { finishIfIdle(conn); return }
+        if conn.state == .open { scheduleLeave(conn) }
+        if conn.state == .parked { parked[conn.slot] = nil }
+        conn.state = .dead
+        Socket.shutdown(conn.fd, write: true, read: true)
+        if conn.recvArmed { loop.cancel(conn.tag(.recv)) }
+        if !conn.queue.sendInFlight { outbox.releaseAll(&conn.queue) }
+        finishIfIdle(conn)
+    }
+
+    func finishIfIdle(_ conn: Connection) {
+        guard conn.state == .dead, !conn.recvArmed, !conn.queue.sendInFlight else { return }
+        release(conn, closeDescriptor: true)
+    }
+
+    /// Frees the connection's slot; with `closeDescriptor`, closes its socket (else it was
+    /// handed to another shard). Nothing of it may be in flight.
+    private func release(_ conn: Connection, closeDescriptor: Bool) {
+        guard conns.remove(conn) else { return }
+        outbox.releaseAll(&conn.queue)
+        if conn.room != nil { scheduleLeave(conn) }
+        count(.connectionsOpen, -1)
+        if closeDescriptor {
+            loop.forget(fd: conn.fd)
+            Socket.close(conn.fd)
+            if accept.paused {
+                accept.paused = false
+                armAccept()
+            }
+        }
+        conn.state = .dead
+    }
+}
