@@ -65,14 +65,15 @@ floor: deps
 	.build/floor $(FLOOR_ARGS)
 
 # Swift services compiled to wasm (Examples/*, README "Services in Swift, compiled to wasm"):
-# `make examples` builds the stateroom CLI and every example to Examples/<name>/dist/<name>.wasm
+# `make examples` builds the stateroom CLI and every guest example to Examples/<name>/dist/<name>.wasm
+# (Examples/EmbeddedServer is a package of its own, built by its e2e test)
 # (release; up-to-date modules are not rebuilt). `make guest-bench` prints module sizes, build
 # times and the per-message cost of each example compiled to wasm vs natively.
 STATEROOM_CLI := .build/release/stateroom
 .PHONY: examples guest-bench
 examples:
 	$(SWIFT) build -c release --product stateroom
-	@for d in Examples/*/; do $(STATEROOM_CLI) build --release --path $$d || exit 1; done
+	@for d in Examples/*/; do [ -f $$d/Package.swift ] || $(STATEROOM_CLI) build --release --path $$d || exit 1; done
 
 guest-bench: examples
 	Examples/guest-bench.sh

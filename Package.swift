@@ -8,6 +8,9 @@ let package = Package(
     platforms: [.macOS(.v15)],
     products: [
         .library(name: "Stateroom", targets: ["Stateroom"]),
+        // The server, embeddable: an outside package serves its own native service with it
+        // (Examples/EmbeddedServer). Re-exports Stateroom.
+        .library(name: "StateroomServer", targets: ["StateroomServer"]),
         .executable(name: "stateroom-server", targets: ["stateroom-server"]),
         .executable(name: "stateroom-bench", targets: ["stateroom-bench"]),
         .executable(name: "stateroom", targets: ["stateroom"]),
