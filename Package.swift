@@ -58,7 +58,8 @@ let package = Package(
         .target(
             name: "WasmHost",
             dependencies: [
-                "Stateroom",
+                // StateroomWasm: the ABI codec the guest SDK compiles too (one codec, both sides).
+                "Stateroom", "StateroomWasm",
                 .product(name: "WasmKit", package: "WasmKit"),
                 .product(name: "WasmKitWASI", package: "WasmKit"),
                 .product(name: "Logging", package: "swift-log"),
@@ -84,9 +85,10 @@ let package = Package(
             path: "Benchmarks/stateroom-bench",
             swiftSettings: strict
         ),
-        // The Swift guest SDK's codec, dispatch and script tools, compiled natively (tests, the
-        // `stateroom` CLI). `stateroom build` compiles the same files for wasm32 with Embedded Swift,
-        // together with the wasm-only Guest/ and Entry/ glue and the C runtime/.
+        // The Swift guest SDK's codec (the ABI codec, WasmHost's too), dispatch and script tools,
+        // compiled natively (WasmHost, tests, the `stateroom` CLI). `stateroom build` compiles the
+        // same files for wasm32 with Embedded Swift, together with the wasm-only Guest/ and Entry/
+        // glue and the C runtime/.
         .target(
             name: "StateroomWasm",
             dependencies: ["Stateroom"],

@@ -1,7 +1,7 @@
 // swift-tools-version:6.3
 // Micro-benchmark of the wasm room dispatch (not a test; prints medians, asserts nothing).
-// Its own package so that it builds without the rest of the server: Sources/Stateroom and
-// Sources/WasmHost are symlinks to the real modules.
+// Its own package so that it builds without the rest of the server: Sources/Stateroom,
+// Sources/StateroomWasm (the ABI codec) and Sources/WasmHost are symlinks to the real modules.
 //
 //   cd Benchmarks/WasmDispatch && swift run -c release WasmDispatch [rounds]
 import PackageDescription
@@ -16,9 +16,15 @@ let package = Package(
     targets: [
         .target(name: "Stateroom", swiftSettings: [.swiftLanguageMode(.v6)]),
         .target(
+            name: "StateroomWasm",
+            dependencies: ["Stateroom"],
+            exclude: ["Guest", "Entry", "Native", "runtime"],
+            swiftSettings: [.swiftLanguageMode(.v6)]
+        ),
+        .target(
             name: "WasmHost",
             dependencies: [
-                "Stateroom",
+                "Stateroom", "StateroomWasm",
                 .product(name: "WasmKit", package: "WasmKit"),
                 .product(name: "WasmKitWASI", package: "WasmKit"),
                 .product(name: "Logging", package: "swift-log"),
@@ -28,7 +34,7 @@ let package = Package(
         .executableTarget(
             name: "WasmDispatch",
             dependencies: [
-                "Stateroom", "WasmHost",
+                "Stateroom", "StateroomWasm", "WasmHost",
                 .product(name: "WasmKit", package: "WasmKit"),
                 .product(name: "WAT", package: "WasmKit"),
                 .product(name: "Logging", package: "swift-log"),

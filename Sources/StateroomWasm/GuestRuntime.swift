@@ -19,6 +19,7 @@ public final class GuestEncodeBuffer {
     private var storage: UnsafeMutableRawPointer
     private var capacity: Int
 
+    /// Scratch memory of `capacity` bytes (at least 64); it grows when a message needs more.
     public init(capacity: Int = 256) {
         self.capacity = max(64, capacity)
         storage = UnsafeMutableRawPointer.allocate(byteCount: self.capacity, alignment: 8)
@@ -50,41 +51,25 @@ public struct GuestContext<Output: GuestOutput>: StateroomContext {
         self.buffer = buffer
     }
 
-    /// Encodes `Message { recipient, message }` (the layout ``GuestCommand/encode(into:)`` writes)
-    /// straight into the scratch memory and emits it.
+    /// Sends `Message { recipient, message }`, encoded by the ABI codec straight into the
+    /// scratch memory.
     public func send(_ message: MessagePayload, to recipient: MessageRecipient) {
-        message.withUnsafeBytes { payload in
-            let tag: UInt32, client: UInt32?
-            switch recipient {
-            case .broadcast: tag = 0; client = nil
-            case .client(let c): tag = 1; client = c.rawValue
-            case .everyoneExcept(let c): tag = 2; client = c.rawValue
-            }
-            let head = client == nil ? 20 : 24  // variant, recipient (+ id), payload kind, length
-            let p = buffer.reserve(head + payload.count)
-            p.storeBytes(of: UInt32(0).littleEndian, as: UInt32.self)
-            p.storeBytes(of: tag.littleEndian, toByteOffset: 4, as: UInt32.self)
-            var o = 8
-            if let client {
-                p.storeBytes(of: client.littleEndian, toByteOffset: 8, as: UInt32.self)
-                o = 12
-            }
-            p.storeBytes(of: UInt32(message.isText ? 1 : 0).littleEndian, toByteOffset: o, as: UInt32.self)
-            p.storeBytes(of: UInt64(payload.count).littleEndian, toByteOffset: o + 4, as: UInt64.self)
-            if let base = payload.baseAddress, payload.count > 0 {
-                (p + head).copyMemory(from: base, byteCount: payload.count)
-            }
-            output.emit(UnsafeRawBufferPointer(start: p, count: head + payload.count))
-        }
+        emit(.message(recipient: recipient, payload: message))
     }
 
+    /// Sends `SetTimer { ms_delay }`.
     public func setTimer(milliseconds: UInt32) {
-        let p = buffer.reserve(8)
-        p.storeBytes(of: UInt32(1).littleEndian, as: UInt32.self)
-        p.storeBytes(of: milliseconds.littleEndian, toByteOffset: 4, as: UInt32.self)
-        output.emit(UnsafeRawBufferPointer(start: p, count: 8))
+        emit(.setTimer(milliseconds: milliseconds))
     }
 
+    private func emit(_ request: MessageFromProcess) {
+        let count = request.encodedCount
+        let p = buffer.reserve(count)
+        let written = request.encode(into: UnsafeMutableRawBufferPointer(start: p, count: count))
+        output.emit(UnsafeRawBufferPointer(start: p, count: written))
+    }
+
+    /// Hands `reason` to the output (in a wasm module: logged, then a trap).
     public func closeRoom(reason: String) {
         output.closeRoom(reason: reason)
     }
@@ -109,12 +94,12 @@ public struct GuestRuntime<Service: StateroomService, Output: GuestOutput> {
 
     /// Decodes one `MessageToProcess` and calls the matching callback of the service.
     /// A payload is a view of `bytes`, valid during the callback only (as natively).
-    public mutating func receive(_ bytes: UnsafeRawBufferPointer) throws(BincodeError) {
-        dispatch(try GuestEvent(decoding: bytes))
+    public mutating func receive(_ bytes: UnsafeRawBufferPointer) throws(ABIDecodeError) {
+        dispatch(try MessageToProcess.decode(bytes))
     }
 
     /// Calls the callback matching `event`.
-    public mutating func dispatch(_ event: GuestEvent) {
+    public mutating func dispatch(_ event: MessageToProcess) {
         switch event {
         case .initialize: service.initialize(context: context)
         case .connect(let client): service.connect(client: client, context: context)

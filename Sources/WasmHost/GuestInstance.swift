@@ -1,5 +1,6 @@
 import Logging
 import Stateroom
+import StateroomWasm
 @_spi(Fuzzing) import WasmKit
 import enum WasmParser.ImportDescriptor
 import enum WasmParser.ExportDescriptor

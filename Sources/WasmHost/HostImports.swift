@@ -1,5 +1,6 @@
 import Logging
 import Stateroom
+import StateroomWasm
 @_spi(Fuzzing) import WasmKit
 import enum WasmParser.ImportDescriptor
 import enum WasmParser.ExportDescriptor
@@ -124,6 +125,7 @@ final class HostState {
     var logger: Logger
     /// Where decoded `stateroom_send` messages go during a callback: set by
     /// ``GuestInstance/withSink(_:_:)`` for exactly the duration of the call, `nil` otherwise.
+    /// A message's payload borrows guest memory: it is valid only during the sink call.
     var sink: ((MessageFromProcess) -> Void)?
 
     /// Most log lines one callback may produce; further lines are counted and dropped.
@@ -190,22 +192,25 @@ final class HostState {
 
     // MARK: env.stateroom_send
 
-    /// `env.stateroom_send(ptr, len)`: decode one `MessageFromProcess` (copied out of guest
-    /// memory, which is valid only during this call) and hand it to the callback's context.
+    /// `env.stateroom_send(ptr, len)`: decodes one `MessageFromProcess` in place and hands it to
+    /// the callback's sink. The payload borrows guest memory (checked to lie inside it first),
+    /// which is valid only during this call: the sink gets it while the bytes are still
+    /// borrowed, so the context encodes its frame straight from them, with no copy in between.
     func stateroomSend(pointer: UInt32, length: UInt32) throws {
-        let message = try read(pointer, length, "stateroom_send") { bytes throws(GuestExit) in
+        try read(pointer, length, "stateroom_send") { bytes in
+            let message: MessageFromProcess
             do {
-                return try MessageFromProcess.decode(bytes)
+                message = try MessageFromProcess.decode(bytes)
             } catch {
                 throw GuestExit.fault("stateroom_send: undecodable payload (\(length) bytes): \(error)")
             }
+            guard let sink else {
+                // Only reachable from `_initialize` or a start function, before any room context.
+                logger.warning("wasm guest called stateroom_send outside a callback; message dropped")
+                return
+            }
+            sink(message)
         }
-        guard let sink else {
-            // Only reachable from `_initialize` or a start function, before any room context.
-            logger.warning("wasm guest called stateroom_send outside a callback; message dropped")
-            return
-        }
-        sink(message)
     }
 
     // MARK: Log streams (WASI stdout / stderr)

@@ -7,8 +7,8 @@ final class RecordingOutput: GuestOutput {
     var lines: [String] = []
     func emit(_ encoded: UnsafeRawBufferPointer) {
         do {
-            switch try GuestCommand(decoding: encoded) {
-            case .send(let to, let payload): lines.append("\(to) \(describe(payload))")
+            switch try MessageFromProcess.decode(encoded) {
+            case .message(let to, let payload): lines.append("\(to) \(describe(payload))")
             case .setTimer(let ms): lines.append("timer \(ms)")
             }
         } catch {
@@ -44,10 +44,8 @@ struct Probe: StateroomService {
     }
 }
 
-func deliver(_ runtime: inout GuestRuntime<Probe, RecordingOutput>, _ event: GuestEvent) throws {
-    var w = BincodeWriter()
-    event.encode(into: &w)
-    try withBytes(w.bytes) { (raw) throws(BincodeError) in try runtime.receive(raw) }.get()
+func deliver(_ runtime: inout GuestRuntime<Probe, RecordingOutput>, _ event: MessageToProcess) throws {
+    try withBytes(event.encoded()) { (raw) throws(ABIDecodeError) in try runtime.receive(raw) }.get()
 }
 
 @Suite struct GuestDispatch {
@@ -56,8 +54,8 @@ func deliver(_ runtime: inout GuestRuntime<Probe, RecordingOutput>, _ event: Gue
         var runtime = GuestRuntime(service: Probe(), output: out)
         try deliver(&runtime, .initialize)
         try deliver(&runtime, .connect(ClientId(1)))
-        try deliver(&runtime, .message(ClientId(1), .text("hi")))
-        try deliver(&runtime, .message(ClientId(1), .binary([9, 0])))
+        try deliver(&runtime, .message(sender: ClientId(1), payload: .text("hi")))
+        try deliver(&runtime, .message(sender: ClientId(1), payload: .binary([9, 0])))
         try deliver(&runtime, .timer)
         try deliver(&runtime, .disconnect(ClientId(1)))
         #expect(runtime.service.seen == ["init", "connect 1", "message 1", "message 1", "timer", "disconnect 1"])
@@ -74,7 +72,7 @@ func deliver(_ runtime: inout GuestRuntime<Probe, RecordingOutput>, _ event: Gue
     @Test func closeRoomGoesToTheOutput() throws {
         let out = RecordingOutput()
         var runtime = GuestRuntime(service: Probe(), output: out)
-        try deliver(&runtime, .message(ClientId(2), .text("close")))
+        try deliver(&runtime, .message(sender: ClientId(2), payload: .text("close")))
         #expect(out.lines.first == "close asked to")
     }
 
@@ -82,8 +80,8 @@ func deliver(_ runtime: inout GuestRuntime<Probe, RecordingOutput>, _ event: Gue
         let out = RecordingOutput()
         var runtime = GuestRuntime(service: Probe(), output: out)
         let bad: [UInt8] = [9, 0, 0, 0]
-        #expect(throws: BincodeError.self) {
-            try withBytes(bad) { (raw) throws(BincodeError) in try runtime.receive(raw) }.get()
+        #expect(throws: ABIDecodeError.unknownVariant(type: "MessageToProcess", tag: 9)) {
+            try withBytes(bad) { (raw) throws(ABIDecodeError) in try runtime.receive(raw) }.get()
         }
         #expect(runtime.service.seen.isEmpty)
         #expect(out.lines.isEmpty)

@@ -1,7 +1,7 @@
 // Compiled only into the wasm SDK module (`stateroom build`), never natively.
 
 /// `env.stateroom_send(ptr, len)`: hands one encoded `MessageFromProcess` to the host, which
-/// copies it during the call.
+/// reads it in place during the call (the bytes need to stay valid only until it returns).
 @_extern(wasm, module: "env", name: "stateroom_send")
 @_extern(c)
 func stateroom_send(_ ptr: UnsafeRawPointer?, _ len: Int32)

@@ -5,13 +5,14 @@
 // Prints medians over `rounds` (default 9) of:
 //   - per message: WasmService(relay.wat) vs a native Swift relay, same borrowed 32-byte text
 //     payload, same no-op context (encode, malloc, copy, recv, stateroom_send decode, free);
-//   - the ABI codec alone;
+//   - the ABI codec alone (encode in place, decode borrowing);
 //   - room creation for a ~150 KB module: from a ready spare (the normal path), and without
 //     spares (instantiate on the shard + first call, i.e. WasmKit's lazy translation);
 //   - the fuel rate of this machine (fuel per ms), which WasmLimits.fuelPerMillisecond encodes.
 import Foundation
 import Logging
 import Stateroom
+import StateroomWasm
 import WAT
 @_spi(Fuzzing) import WasmKit
 import WasmHost
@@ -70,6 +71,7 @@ let relayFactory = try WasmServiceFactory(bytes: fixture("relay"), name: "relay"
 var wasmRelay: any StateroomService = try relayFactory.makeService(roomId: "bench", shard: 0)
 var nativeRelay: any StateroomService = NativeRelay()
 var wasmTimes: [Double] = [], nativeTimes: [Double] = [], codecTimes: [Double] = []
+var codecBytes = 0
 try text.withUnsafeBytes { raw in
     let payload = MessagePayload(borrowing: raw, kind: .text)
     let ctx = NullContext()
@@ -91,18 +93,20 @@ try text.withUnsafeBytes { raw in
             try scratch.withUnsafeMutableBytes { buf in
                 for _ in 0..<messages {
                     MessageToProcess.message(sender: ClientId(1), payload: payload).encode(into: buf)
-                    _ = try MessageFromProcess.decode(outBytes)
+                    guard case .message(_, let p) = try MessageFromProcess.decode(outBytes) else { fatalError() }
+                    codecBytes += p.count
                 }
             }
         }
         codecTimes.append(Double(now() - t) / Double(messages))
     }
     precondition(ctx.sends == (10_000 + messages * rounds) * 2)
+    precondition(codecBytes == 32 * messages * rounds)
 }
 let wasmMsg = median(wasmTimes), nativeMsg = median(nativeTimes)
 print("per message  wasm relay   \(format(wasmMsg))   (\(Int(1e9 / wasmMsg)) msg/s on one core)")
 print("per message  native relay \(format(nativeMsg))")
-print("per message  ABI codec (encode in place + decode with owned copy) \(format(median(codecTimes)))")
+print("per message  ABI codec (encode in place + decode borrowing, UTF-8 checked) \(format(median(codecTimes)))")
 
 // MARK: - Room creation, ~150 KB module
 

@@ -1,0 +1,305 @@
+#if !STATEROOM_GUEST
+import Stateroom
+#endif
+
+// The bincode 1.x codec of the Stateroom wasm ABI (shared/ABI.md), the only one: the host
+// (WasmHost) uses it natively, and `stateroom build` compiles this same file into a guest's
+// wasm32 module `Stateroom` (Embedded Swift). Pure — bytes in, bytes out, no WasmKit, nothing
+// Embedded Swift lacks.
+//
+// Little-endian fixed-width integers; an enum is its variant index as `u32` followed by its
+// fields; `String`/`Vec<u8>` are a `u64` length followed by the bytes.
+//
+// Decoding borrows: a decoded payload is a view of the input (no copy), valid as long as the
+// input is. Bytes after a complete message are ignored, as bincode 1.x's `deserialize` (used by
+// Stateroom's own host and Rust SDK) ignores them. Encoding writes in place into a buffer the
+// caller sized with `encodedCount`.
+
+/// An event the host delivers to a guest: bincode `MessageToProcess`.
+///
+/// A `.message` built by the host may carry a borrowed payload (the server's receive buffer):
+/// encode it before the callback that received it returns. One decoded by
+/// ``decode(_:)`` borrows the decoded bytes.
+public enum MessageToProcess {
+    /// The room was created (`0`).
+    case initialize
+    /// A client joined (`1 client:u32`).
+    case connect(ClientId)
+    /// A client left (`2 client:u32`).
+    case disconnect(ClientId)
+    /// A client sent a message (`3 sender:u32 MessagePayload`).
+    case message(sender: ClientId, payload: MessagePayload)
+    /// The room's timer fired (`4`).
+    case timer
+}
+
+/// What a guest asks of the host: bincode `MessageFromProcess`.
+///
+/// One decoded by ``decode(_:)`` borrows the decoded bytes (for the host: guest memory, valid
+/// only during the `stateroom_send` call).
+public enum MessageFromProcess {
+    /// Send `payload` to `recipient` (`0 MessageRecipient MessagePayload`).
+    case message(recipient: MessageRecipient, payload: MessagePayload)
+    /// Replace the room's timer (`1 ms_delay:u32`).
+    case setTimer(milliseconds: UInt32)
+}
+
+/// Why bytes could not be decoded as an ABI message. The description names the field at fault.
+public enum ABIDecodeError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// The input ended in the middle of `field` (for `MessagePayload bytes`: the length says
+    /// more bytes follow than there are).
+    case truncated(field: String)
+    /// An enum variant tag that the ABI does not define for `type`.
+    case unknownVariant(type: String, tag: UInt32)
+    /// A `Text` payload whose bytes are not valid UTF-8.
+    case invalidUTF8
+
+    /// What was wrong, naming the field or type.
+    public var description: String {
+        switch self {
+        case .truncated(let field): return "truncated input: " + field + " runs past the end"
+        case .unknownVariant(let type, let tag): return "unknown " + type + " variant \(tag)"
+        case .invalidUTF8: return "Text payload is not valid UTF-8"
+        }
+    }
+}
+
+// MARK: - MessageToProcess
+
+extension MessageToProcess {
+    /// The number of bytes ``encode(into:)`` writes.
+    public var encodedCount: Int {
+        switch self {
+        case .initialize, .timer: return 4
+        case .connect, .disconnect: return 8
+        case .message(_, let payload): return 8 + 12 + payload.count
+        }
+    }
+
+    /// Writes the encoding to the start of `buffer`, which must hold at least ``encodedCount``
+    /// bytes, and returns the number of bytes written.
+    @discardableResult
+    public func encode(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        precondition(buffer.count >= encodedCount, "buffer too small for the encoded message")
+        var w = ABIWriter(buffer)
+        switch self {
+        case .initialize: w.u32(0)
+        case .connect(let client): w.u32(1); w.u32(client.rawValue)
+        case .disconnect(let client): w.u32(2); w.u32(client.rawValue)
+        case .message(let sender, let payload): w.u32(3); w.u32(sender.rawValue); w.payload(payload)
+        case .timer: w.u32(4)
+        }
+        return w.offset
+    }
+
+    /// The encoding as a new array (tests and tools; the host encodes in place).
+    public func encoded() -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: encodedCount) { buffer, count in
+            count = encode(into: UnsafeMutableRawBufferPointer(buffer))
+        }
+    }
+
+    /// Decodes the message at the start of `bytes`; a payload is a view of `bytes`, no copy.
+    ///
+    /// `Text` is not validated here: the host delivers only text it validated (a client's by the
+    /// server's frame parser, a guest's by ``MessageFromProcess/decode(_:)``), and an
+    /// interpreted guest would pay for a second pass on every message.
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(ABIDecodeError) -> MessageToProcess {
+        var r = ABIReader(bytes)
+        let tag = try r.u32("MessageToProcess tag")
+        switch tag {
+        case 0: return .initialize
+        case 1: return .connect(ClientId(try r.u32("Connect.client")))
+        case 2: return .disconnect(ClientId(try r.u32("Disconnect.client")))
+        case 3:
+            let sender = ClientId(try r.u32("Message.sender"))
+            return .message(sender: sender, payload: try r.payload(validatingText: false))
+        case 4: return .timer
+        default: throw .unknownVariant(type: "MessageToProcess", tag: tag)
+        }
+    }
+}
+
+// MARK: - MessageFromProcess
+
+extension MessageFromProcess {
+    /// The number of bytes ``encode(into:)`` writes.
+    public var encodedCount: Int {
+        switch self {
+        case .setTimer: return 8
+        case .message(let recipient, let payload):
+            return (recipient == .broadcast ? 8 : 12) + 12 + payload.count
+        }
+    }
+
+    /// Writes the encoding to the start of `buffer` (at least ``encodedCount`` bytes) and returns
+    /// the number of bytes written: what a guest hands to `stateroom_send`.
+    @discardableResult
+    public func encode(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        precondition(buffer.count >= encodedCount, "buffer too small for the encoded message")
+        var w = ABIWriter(buffer)
+        switch self {
+        case .message(let recipient, let payload):
+            w.u32(0)
+            switch recipient {
+            case .broadcast: w.u32(0)
+            case .client(let c): w.u32(1); w.u32(c.rawValue)
+            case .everyoneExcept(let c): w.u32(2); w.u32(c.rawValue)
+            }
+            w.payload(payload)
+        case .setTimer(let ms):
+            w.u32(1); w.u32(ms)
+        }
+        return w.offset
+    }
+
+    /// The encoding as a new array (tests and tools).
+    public func encoded() -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: encodedCount) { buffer, count in
+            count = encode(into: UnsafeMutableRawBufferPointer(buffer))
+        }
+    }
+
+    /// Decodes the message at the start of `bytes`; the payload is a view of `bytes`, no copy.
+    /// `Text` must be valid UTF-8 (checked in place): these bytes come from a guest.
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(ABIDecodeError) -> MessageFromProcess {
+        var r = ABIReader(bytes)
+        let tag = try r.u32("MessageFromProcess tag")
+        switch tag {
+        case 0:
+            let rtag = try r.u32("MessageRecipient tag")
+            let recipient: MessageRecipient
+            switch rtag {
+            case 0: recipient = .broadcast
+            case 1: recipient = .client(ClientId(try r.u32("Client.client")))
+            case 2: recipient = .everyoneExcept(ClientId(try r.u32("EveryoneExcept.client")))
+            default: throw .unknownVariant(type: "MessageRecipient", tag: rtag)
+            }
+            return .message(recipient: recipient, payload: try r.payload(validatingText: true))
+        case 1:
+            return .setTimer(milliseconds: try r.u32("SetTimer.ms_delay"))
+        default:
+            throw .unknownVariant(type: "MessageFromProcess", tag: tag)
+        }
+    }
+}
+
+// MARK: - Byte cursors
+
+/// Writes little-endian fields into a buffer whose size the caller checked.
+struct ABIWriter {
+    let buffer: UnsafeMutableRawBufferPointer
+    var offset = 0
+
+    init(_ buffer: UnsafeMutableRawBufferPointer) { self.buffer = buffer }
+
+    mutating func u32(_ v: UInt32) {
+        buffer.storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt32.self)
+        offset += 4
+    }
+
+    mutating func u64(_ v: UInt64) {
+        buffer.storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt64.self)
+        offset += 8
+    }
+
+    /// `MessagePayload`: kind (`0` Bytes, `1` Text), `u64` length, the bytes.
+    mutating func payload(_ p: MessagePayload) {
+        u32(p.isText ? 1 : 0)
+        p.withUnsafeBytes { bytes in
+            u64(UInt64(bytes.count))
+            if let source = bytes.baseAddress, !bytes.isEmpty {
+                (buffer.baseAddress! + offset).copyMemory(from: source, byteCount: bytes.count)
+            }
+            offset += bytes.count
+        }
+    }
+}
+
+/// Reads little-endian fields, refusing to read past the end; slices it returns are views of
+/// the input.
+struct ABIReader {
+    let bytes: UnsafeRawBufferPointer
+    var offset = 0
+
+    init(_ bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+
+    var remaining: Int { bytes.count - offset }
+
+    mutating func u32(_ field: StaticString) throws(ABIDecodeError) -> UInt32 {
+        guard remaining >= 4 else { throw .truncated(field: string(field)) }
+        defer { offset += 4 }
+        return UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
+    }
+
+    mutating func u64(_ field: StaticString) throws(ABIDecodeError) -> UInt64 {
+        guard remaining >= 8 else { throw .truncated(field: string(field)) }
+        defer { offset += 8 }
+        return UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
+    }
+
+    /// `MessagePayload` as a view of the input. With `validatingText`, a `Text` payload must be
+    /// valid UTF-8.
+    mutating func payload(validatingText: Bool) throws(ABIDecodeError) -> MessagePayload {
+        let tag = try u32("MessagePayload tag")
+        guard tag <= 1 else { throw .unknownVariant(type: "MessagePayload", tag: tag) }
+        let length = try u64("MessagePayload length")
+        // Compared as u64: a length past Int.max (or wasm32's Int32.max) is just too long.
+        guard length <= UInt64(remaining) else { throw .truncated(field: "MessagePayload bytes") }
+        let body = UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + Int(length)])
+        offset += Int(length)
+        if tag == 1 {
+            if validatingText && !isValidUTF8(body) { throw .invalidUTF8 }
+            return MessagePayload(borrowing: body, kind: .text)
+        }
+        return MessagePayload(borrowing: body, kind: .binary)
+    }
+
+    /// Field names are static strings (free to pass on every read); only an error makes a `String`.
+    private func string(_ s: StaticString) -> String {
+        s.withUTF8Buffer { String(decoding: $0, as: UTF8.self) }
+    }
+}
+
+/// `true` if `bytes` are well-formed UTF-8 (RFC 3629): no stray continuation bytes, overlong
+/// forms, surrogates (U+D800–U+DFFF), code points past U+10FFFF, or character cut off at the end.
+/// Checks in place, ASCII eight bytes at a time; no allocation.
+func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
+    guard let base = bytes.baseAddress else { return true }
+    let n = bytes.count
+    var i = 0
+    while i < n {
+        while i &+ 8 <= n,
+              base.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080 == 0 {
+            i &+= 8
+        }
+        if i == n { break }
+        let lead = base.load(fromByteOffset: i, as: UInt8.self)
+        i &+= 1
+        if lead < 0x80 { continue }
+        // Continuation bytes to follow, and the range the first of them must lie in.
+        var needed: Int
+        var lower: UInt8 = 0x80
+        var upper: UInt8 = 0xBF
+        switch lead {
+        case 0xC2...0xDF: needed = 1
+        case 0xE0: needed = 2; lower = 0xA0  // overlong below U+0800
+        case 0xED: needed = 2; upper = 0x9F  // surrogates
+        case 0xE1...0xEF: needed = 2
+        case 0xF0: needed = 3; lower = 0x90  // overlong below U+10000
+        case 0xF4: needed = 3; upper = 0x8F  // past U+10FFFF
+        case 0xF1...0xF3: needed = 3
+        default: return false  // continuation byte, C0/C1 overlong, F5–FF
+        }
+        guard n &- i >= needed else { return false }
+        while needed > 0 {
+            let c = base.load(fromByteOffset: i, as: UInt8.self)
+            guard c >= lower && c <= upper else { return false }
+            lower = 0x80
+            upper = 0xBF
+            i &+= 1
+            needed &-= 1
+        }
+    }
+    return true
+}
