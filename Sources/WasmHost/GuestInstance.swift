@@ -158,6 +158,12 @@ final class GuestInstance {
         guard results.count == 1, case .i32(let ptr) = results[0] else {
             throw GuestFailure("stateroom_malloc returned \(results)")
         }
+        // The guest's answer is checked before the host writes there: 0 is its "no memory" (the
+        // ABI gives 0 only for size 0, and every event has at least 4 bytes), and a block that
+        // does not fit its memory would make WasmKit's bounds `precondition` kill the process.
+        guard ptr != 0 else {
+            throw GuestFailure("stateroom_malloc(\(len)) returned 0 (no memory for the \(len)-byte event)")
+        }
         let size = memory.byteCount
         guard UInt64(ptr) + UInt64(len) <= UInt64(size) else {
             throw GuestFailure("stateroom_malloc(\(len)) returned \(ptr), outside guest memory (\(size) bytes)")

@@ -7,8 +7,9 @@ import StateroomWasm
 /// Every event goes to the guest through the ABI (`stateroom_malloc` / `stateroom_recv` /
 /// `stateroom_free`), and what the guest sends back with `stateroom_send` goes to the context
 /// while the callback runs (its payload a view of guest memory, so the context encodes the frame
-/// from the guest's bytes). A trap, an exhausted budget, `proc_exit`, a pointer outside guest
-/// memory or an undecodable message ends the instance: the room is closed with
+/// from the guest's bytes). A trap, an exhausted budget, `proc_exit`, a `stateroom_malloc` that
+/// returns 0 or a block outside guest memory, a pointer outside guest memory or an undecodable
+/// message ends the instance: the room is closed with
 /// ``StateroomContext/closeRoom(reason:)`` (its clients get 1011), the instance is released, and
 /// every later call is a no-op.
 public final class WasmService: StateroomService {

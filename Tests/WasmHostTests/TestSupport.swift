@@ -92,6 +92,7 @@ enum Fixture: String, CaseIterable {
     case wrongVersion = "wrong_version"
     case badSend = "bad_send"
     case unknownImport = "unknown_import"
+    case mallocFault = "malloc_fault"
 
     var url: URL {
         Bundle.module.url(forResource: rawValue, withExtension: "wat", subdirectory: "Fixtures")!

@@ -1,5 +1,6 @@
 @_spi(Fuzzing) import WasmKit
 import Stateroom
+import StateroomWasm
 import Testing
 @testable import WasmHost
 
@@ -127,6 +128,54 @@ import Testing
         room?.send("x", context: ctx)
         #expect(ctx.closeReason?.contains("stateroom_malloc(") == true)
         #expect(ctx.closeReason?.contains("outside guest memory") == true)
+    }
+
+    /// `malloc_fault.wat`: `null` makes its `stateroom_malloc` answer 0 from the next event on,
+    /// `past` a block starting 2 bytes before the end of its memory; both set a 0 ms timer.
+    @Test(arguments: [
+        ("null", "stateroom_malloc(4) returned 0 (no memory for the 4-byte event)"),
+        ("past", "stateroom_malloc(4) returned 131070, outside guest memory (131072 bytes)"),
+    ])
+    func mallocFailureEndsTheRoomWithoutWritingToGuestMemory(command: String, detail: String) throws {
+        let log = LogRecorder()
+        let factory = try makeFactory(.mallocFault, logger: log.logger())
+        let (room, ctx) = try makeRoom(factory)
+        let (other, octx) = try makeRoom(factory, id: "other")
+        room.send("before", context: ctx)
+        #expect(ctx.take() == [.send(.broadcast, .text, Array("before".utf8))])
+        room.send(command, context: ctx)
+        #expect(ctx.take() == [.setTimer(0)])
+        room.timer(context: ctx)  // the first event after the command: its malloc fails
+        let reason = "wasm guest failed in timer: " + detail
+        #expect(ctx.events == [.closeRoom(reason)])
+        #expect(room.isTerminated)
+        let errors = log.lines.filter { $0.level == .error }
+        #expect(errors.map(\.message) == [reason + "; closing the room"])
+        #expect(errors.first?.metadata["room"] == "room")
+        // The other room of the same module is untouched.
+        other.send("after", context: octx)
+        #expect(octx.events == [.send(.broadcast, .text, Array("after".utf8))])
+    }
+
+    @Test func mallocReturningNullWritesNothingAtAddressZero() throws {
+        // The null answer comes before any write: guest memory at 0 keeps its bytes (the fixture
+        // leaves 0..<16 zero), which the host would have overwritten with the event.
+        let factory = try makeFactory(.mallocFault, limits: WasmLimits(spareInstances: 0))
+        let guest = try GuestInstance(
+            module: factory.module, engine: factory.lazyEngine, plan: factory.plan,
+            limits: factory.limits, logger: factory.logger)
+        try guest.withSink({ _ in }) { () throws(GuestFailure) in try guest.deliver(.initialize) }
+        let text = Array("null".utf8)
+        try text.withUnsafeBytes { raw in
+            try guest.withSink({ _ in }) { () throws(GuestFailure) in
+                try guest.deliver(.message(sender: ClientId(1), payload: MessagePayload(borrowing: raw, kind: .text)))
+            }
+        }
+        #expect(throws: GuestFailure.self) {
+            try guest.withSink({ _ in }) { () throws(GuestFailure) in try guest.deliver(.timer) }
+        }
+        let low = try guest.state.read(0, 16, "test") { Array($0) }
+        #expect(low == [UInt8](repeating: 0, count: 16))
     }
 
     @Test func sparesAreReadyAndUsed() async throws {

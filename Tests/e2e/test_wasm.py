@@ -6,11 +6,12 @@ The fixtures are the WebAssembly text files of ``Tests/WasmHostTests/Fixtures``,
 
 Covered: the seed counter scenario served by a wasm counter; timers (fire, re-arm, replaced);
 ``Client`` and ``EveryoneExcept`` recipients; binary round trip byte for byte; every faulty
-fixture closes its room's clients with 1011 while a second room on the same (single) shard keeps
-getting every one of its messages, in order; the next connect to a failed room starts afresh;
-modules that cannot serve are refused at start-up with an error naming the fault. The ``loop``
-fixture also serves to keep a shard busy: its send-coalescing window widens, then narrows once
-idle, and stays put when fixed or off.
+fixture (traps, runaway loops, bad ``stateroom_send`` arguments, a ``stateroom_malloc`` that
+returns 0 or a block past the end of memory) closes its room's clients with 1011 while a second
+room on the same (single) shard keeps getting every one of its messages, in order; the next
+connect to a failed room starts afresh; modules that cannot serve are refused at start-up with an
+error naming the fault. The ``loop`` fixture also serves to keep a shard busy: its send-coalescing
+window widens, then narrows once idle, and stays put when fixed or off.
 """
 
 from __future__ import annotations
@@ -144,6 +145,14 @@ FAULTS = {
     "send_garbage_tag": ("bad_send", "tag"),
     "send_invalid_utf8": ("bad_send", "utf8"),
     "send_length_past_end": ("bad_send", "length"),
+    "malloc_returns_null": ("malloc_fault", "null"),
+    "malloc_block_past_the_end": ("malloc_fault", "past"),
+}
+
+#: what the server must log for a fault (its error line names the export at fault)
+FAULT_LOGS = {
+    "malloc_returns_null": "stateroom_malloc(4) returned 0",
+    "malloc_block_past_the_end": "stateroom_malloc(4) returned 131070, outside guest memory",
 }
 
 
@@ -188,6 +197,8 @@ def test_wasm_fault_closes_room_1011_and_spares_the_other_room(wasm_server, faul
             await expect(again, "hello again")
     run(main())
     server.assert_alive()
+    if fault in FAULT_LOGS:
+        assert FAULT_LOGS[fault] in server.stderr_text(), server.stderr_text()
 
 
 # --------------------------------------------------------------------------------------------
