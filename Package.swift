@@ -61,7 +61,6 @@ let package = Package(
                 // StateroomWasm: the ABI codec the guest SDK compiles too (one codec, both sides).
                 "Stateroom", "StateroomWasm",
                 .product(name: "WasmKit", package: "WasmKit"),
-                .product(name: "WasmKitWASI", package: "WasmKit"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict

@@ -26,7 +26,6 @@ let package = Package(
             dependencies: [
                 "Stateroom", "StateroomWasm",
                 .product(name: "WasmKit", package: "WasmKit"),
-                .product(name: "WasmKitWASI", package: "WasmKit"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: [.swiftLanguageMode(.v6)]
