@@ -35,7 +35,7 @@ extension Shard {
                 let conn = adopt(fd: c.result)
                 Socket.setNoDelay(conn.fd)
                 armReceive(conn, multishot: false)
-                // A client gets this long to send a complete request head (and, kept alive, the next one).
+                // A connection gets this long from its accept to become a WebSocket.
                 requestDeadlines.append((conn.slot, conn.generation, now + Shard.nanos(config.requestTimeout)))
                 requestDeadlinesPeak = max(requestDeadlinesPeak, requestDeadlines.count)
             }

@@ -34,7 +34,9 @@ public struct ServerConfiguration: Sendable {
     public var heartbeatInterval: Double = 30
     /// Seconds of silence after which a client is dropped.
     public var heartbeatTimeout: Double = 300
-    /// Seconds a client has to send a complete request head (and, kept alive, the next one).
+    /// Seconds a connection has, from its accept, to become a WebSocket: a request head that never
+    /// completes, or a kept-alive connection still asking for plain HTTP then, is closed (the
+    /// deadline is not renewed per request).
     public var requestTimeout: Double = 10
     /// Seconds a closing connection waits for the peer's EOF.
     public var closeTimeout: Double = 5

@@ -109,3 +109,16 @@ private func connection(_ slot: UInt32) -> Connection {
         #expect(refusing.count == 0)
     }
 }
+
+/// glibc's size of a heap block (malloc.h, which Glibc's module does not expose).
+@_silgen_name("malloc_usable_size") private func mallocUsableSize(_ p: UnsafeMutableRawPointer?) -> Int
+
+@Suite struct ConnectionSizeTests {
+    @Test func anIdleConnectionIsOneSmallAllocation() {
+        // A server keeps one per client: its size is the per-connection floor of memory.
+        let conn = Connection(slot: 0, generation: 0, fd: -1, maxMessageSize: 1 << 20, now: 0)
+        let bytes = mallocUsableSize(Unmanaged.passUnretained(conn).toOpaque())
+        #expect(bytes <= 168, "a Connection takes \(bytes) bytes")
+        #expect(!conn.parser.holdsStorage && conn.queue.isEmpty && conn.httpBuffer.capacity == 0)
+    }
+}
