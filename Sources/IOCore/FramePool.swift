@@ -86,7 +86,7 @@ public final class FramePool {
     }
 
     /// Adds one reference.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func retain(_ buffer: FrameBuffer, count: UInt32 = 1) {
         buffer.refCount += count
     }

@@ -9,16 +9,20 @@ import Glibc
 public struct SendQueue {
     @usableFromInline var head: Int32 = -1
     @usableFromInline var tail: Int32 = -1
-    /// Queued chunks: frames, or runs of small frames already copied together.
-    public internal(set) var chunks: Int32 = 0
-    /// Chunks the send in flight carries; 0 when none is in flight.
-    public internal(set) var inFlight: Int32 = 0
+    @usableFromInline var queuedChunks: Int32 = 0
+    @usableFromInline var inFlightChunks: Int32 = 0
     /// The `msghdr` space held by a gathered send in flight (-1: none).
     @usableFromInline var space: Int32 = -1
-    /// Bytes queued and not yet reported sent.
-    public internal(set) var bytes: Int = 0
+    @usableFromInline var queuedBytes: Int = 0
 
     public init() {}
+
+    /// Queued chunks: frames, or runs of small frames already copied together.
+    @inlinable public var chunks: Int32 { queuedChunks }
+    /// Chunks the send in flight carries; 0 when none is in flight.
+    @inlinable public var inFlight: Int32 { inFlightChunks }
+    /// Bytes queued and not yet reported sent.
+    @inlinable public var bytes: Int { queuedBytes }
 
     /// Nothing is queued.
     @inlinable public var isEmpty: Bool { chunks == 0 }
@@ -48,19 +52,27 @@ public final class Outbox {
     static let spaceSize = MemoryLayout<msghdr>.stride + maxIOV * MemoryLayout<iovec>.stride
 
     @usableFromInline struct Node {
-        var buffer: FrameBuffer
-        var offset: Int32
-        var length: Int32
-        var next: Int32
+        @usableFromInline var buffer: FrameBuffer
+        @usableFromInline var offset: Int32
+        @usableFromInline var length: Int32
+        @usableFromInline var next: Int32
+
+        @inlinable init(buffer: FrameBuffer, offset: Int32, length: Int32, next: Int32) {
+            self.buffer = buffer
+            self.offset = offset
+            self.length = length
+            self.next = next
+        }
     }
 
     /// The pool the queued frames come from and go back to.
     public let pool: FramePool
-    private var nodes: UnsafeMutablePointer<Node>
+    @usableFromInline var nodes: UnsafeMutablePointer<Node>
     private var nodeCapacity: Int
-    private var freeNode: Int32 = -1
+    @usableFromInline var freeNode: Int32 = -1
+    @usableFromInline var usedNodes = 0
     /// Nodes holding a chunk (for tests and leak checks).
-    public private(set) var nodesInUse = 0
+    public var nodesInUse: Int { usedNodes }
     private var spaces: [UnsafeMutableRawPointer] = []
     private var freeSpaces: [Int32] = []
 
@@ -89,20 +101,23 @@ public final class Outbox {
         }
     }
 
-    @inline(__always)
-    private func takeNode() -> Int32 {
-        if freeNode < 0 {
-            let old = nodeCapacity
-            let grown = UnsafeMutablePointer<Node>.allocate(capacity: old * 2)
-            grown.moveInitialize(from: nodes, count: old)
-            nodes.deallocate()
-            nodes = grown
-            nodeCapacity = old * 2
-            threadFree(from: old)
-        }
+    /// Doubles the node pool (the free list was empty).
+    @usableFromInline func grow() {
+        let old = nodeCapacity
+        let grown = UnsafeMutablePointer<Node>.allocate(capacity: old * 2)
+        grown.moveInitialize(from: nodes, count: old)
+        nodes.deallocate()
+        nodes = grown
+        nodeCapacity = old * 2
+        threadFree(from: old)
+    }
+
+    @inlinable @inline(__always)
+    func takeNode() -> Int32 {
+        if freeNode < 0 { grow() }
         let n = freeNode
         freeNode = nodes[Int(n)].next
-        nodesInUse += 1
+        usedNodes += 1
         return n
     }
 
@@ -110,20 +125,20 @@ public final class Outbox {
     private func giveBack(_ n: Int32) {
         nodes[Int(n)].next = freeNode
         freeNode = n
-        nodesInUse -= 1
+        usedNodes -= 1
     }
 
     // MARK: - Queueing
 
     /// Queues `frame` at the back of `q`, taking over one reference the caller holds.
-    @inline(__always)
+    @inlinable @inline(__always)
     public func append(_ frame: FrameBuffer, to q: inout SendQueue) {
         let n = takeNode()
         nodes[Int(n)] = Node(buffer: frame, offset: 0, length: Int32(frame.count), next: -1)
         if q.tail >= 0 { nodes[Int(q.tail)].next = n } else { q.head = n }
         q.tail = n
-        q.chunks += 1
-        q.bytes += frame.count
+        q.queuedChunks += 1
+        q.queuedBytes += frame.count
     }
 
     // MARK: - Sending
@@ -140,7 +155,7 @@ public final class Outbox {
         let first = nodes[Int(q.head)]
         if q.chunks == 1 {
             // One buffer: a plain send, no msghdr to build or for the kernel to copy.
-            q.inFlight = 1
+            q.inFlightChunks = 1
             // Custody: the chunk keeps its frame buffer referenced until complete().
             loop.send(fd: fd, bytes: first.buffer.bytes + Int(first.offset), count: Int(first.length), tag: tag)
             return carried
@@ -161,7 +176,7 @@ public final class Outbox {
         msg.pointee = msghdr()
         msg.pointee.msg_iov = iov
         msg.pointee.msg_iovlen = count
-        q.inFlight = Int32(count)
+        q.inFlightChunks = Int32(count)
         // Custody: msg, iov and the frame buffers they name stay alive and unchanged until this
         // send completes; the queued chunks keep their buffer references until complete().
         loop.send(fd: fd, message: msg, tag: tag)
@@ -203,7 +218,7 @@ public final class Outbox {
         nodes[Int(node)].offset = 0
         nodes[Int(node)].length = Int32(total)
         q.head = node
-        q.chunks -= Int32(run - 1)
+        q.queuedChunks -= Int32(run - 1)
     }
 
     /// Accounts the completion of `q`'s send in flight: chunks fully sent are released, a
@@ -212,7 +227,7 @@ public final class Outbox {
     @discardableResult
     public func complete(_ q: inout SendQueue, result: Int32) -> Bool {
         let carried = Int(q.inFlight)
-        q.inFlight = 0
+        q.inFlightChunks = 0
         if q.space >= 0 {
             freeSpaces.append(q.space)
             q.space = -1
@@ -228,14 +243,14 @@ public final class Outbox {
             let len = Int(nodes[Int(n)].length)
             if len <= sent {
                 sent -= len
-                q.bytes -= len
+                q.queuedBytes -= len
                 pool.release(nodes[Int(n)].buffer)
                 popHead(&q)
                 done += 1
             } else {
                 nodes[Int(n)].offset += Int32(sent)
                 nodes[Int(n)].length -= Int32(sent)
-                q.bytes -= sent
+                q.queuedBytes -= sent
                 sent = 0
             }
         }
@@ -247,7 +262,7 @@ public final class Outbox {
         let n = q.head
         q.head = nodes[Int(n)].next
         if q.head < 0 { q.tail = -1 }
-        q.chunks -= 1
+        q.queuedChunks -= 1
         giveBack(n)
     }
 
@@ -263,10 +278,10 @@ public final class Outbox {
         }
         while n >= 0 {
             let next = nodes[Int(n)].next
-            q.bytes -= Int(nodes[Int(n)].length)
+            q.queuedBytes -= Int(nodes[Int(n)].length)
             pool.release(nodes[Int(n)].buffer)
             giveBack(n)
-            q.chunks -= 1
+            q.queuedChunks -= 1
             n = next
         }
         if last >= 0 { nodes[Int(last)].next = -1 } else { q.head = -1 }
@@ -281,7 +296,7 @@ public final class Outbox {
             pool.release(nodes[Int(q.head)].buffer)
             popHead(&q)
         }
-        q.bytes = 0
+        q.queuedBytes = 0
     }
 
     private func takeSpace() -> Int32 {
