@@ -45,21 +45,37 @@ public enum MessageFromProcess {
 }
 
 /// Why bytes could not be decoded as an ABI message. The description names the field at fault.
+///
+/// Names are static strings: a guest that fails to decode builds no `String` (Embedded Swift
+/// would link the stdlib's UTF-8 machinery for that), and the host formats them only to log.
 public enum ABIDecodeError: Error, Equatable, Sendable, CustomStringConvertible {
     /// The input ended in the middle of `field` (for `MessagePayload bytes`: the length says
     /// more bytes follow than there are).
-    case truncated(field: String)
+    case truncated(field: StaticString)
     /// An enum variant tag that the ABI does not define for `type`.
-    case unknownVariant(type: String, tag: UInt32)
+    case unknownVariant(type: StaticString, tag: UInt32)
     /// A `Text` payload whose bytes are not valid UTF-8.
     case invalidUTF8
 
     /// What was wrong, naming the field or type.
     public var description: String {
         switch self {
-        case .truncated(let field): return "truncated input: " + field + " runs past the end"
-        case .unknownVariant(let type, let tag): return "unknown " + type + " variant \(tag)"
+        case .truncated(let field): return "truncated input: \(field) runs past the end"
+        case .unknownVariant(let type, let tag): return "unknown \(type) variant \(tag)"
         case .invalidUTF8: return "Text payload is not valid UTF-8"
+        }
+    }
+
+    /// Same case, same names (compared by their text) and tag.
+    public static func == (a: ABIDecodeError, b: ABIDecodeError) -> Bool {
+        func same(_ x: StaticString, _ y: StaticString) -> Bool {
+            x.withUTF8Buffer { x in y.withUTF8Buffer { y in x.elementsEqual(y) } }
+        }
+        switch (a, b) {
+        case (.truncated(let x), .truncated(let y)): return same(x, y)
+        case (.unknownVariant(let x, let s), .unknownVariant(let y, let t)): return same(x, y) && s == t
+        case (.invalidUTF8, .invalidUTF8): return true
+        default: return false
         }
     }
 }
@@ -81,7 +97,12 @@ extension MessageToProcess {
     @discardableResult
     public func encode(into buffer: UnsafeMutableRawBufferPointer) -> Int {
         precondition(buffer.count >= encodedCount, "buffer too small for the encoded message")
-        var w = ABIWriter(buffer)
+        return encodeUnchecked(at: buffer.baseAddress!)
+    }
+
+    /// ``encode(into:)`` at `base`, which the caller made room for ``encodedCount`` bytes at.
+    func encodeUnchecked(at base: UnsafeMutableRawPointer) -> Int {
+        var w = ABIWriter(base)
         switch self {
         case .initialize: w.u32(0)
         case .connect(let client): w.u32(1); w.u32(client.rawValue)
@@ -113,7 +134,7 @@ extension MessageToProcess {
         case 2: return .disconnect(ClientId(try r.u32("Disconnect.client")))
         case 3:
             let sender = ClientId(try r.u32("Message.sender"))
-            return .message(sender: sender, payload: try r.payload(validatingText: false))
+            return .message(sender: sender, payload: try r.payload())
         case 4: return .timer
         default: throw .unknownVariant(type: "MessageToProcess", tag: tag)
         }
@@ -137,7 +158,13 @@ extension MessageFromProcess {
     @discardableResult
     public func encode(into buffer: UnsafeMutableRawBufferPointer) -> Int {
         precondition(buffer.count >= encodedCount, "buffer too small for the encoded message")
-        var w = ABIWriter(buffer)
+        return encodeUnchecked(at: buffer.baseAddress!)
+    }
+
+    /// ``encode(into:)`` at `base`, which the caller made room for ``encodedCount`` bytes at
+    /// (the guest's context, which sizes its scratch buffer with it, skips counting twice).
+    func encodeUnchecked(at base: UnsafeMutableRawPointer) -> Int {
+        var w = ABIWriter(base)
         switch self {
         case .message(let recipient, let payload):
             w.u32(0)
@@ -175,7 +202,9 @@ extension MessageFromProcess {
             case 2: recipient = .everyoneExcept(ClientId(try r.u32("EveryoneExcept.client")))
             default: throw .unknownVariant(type: "MessageRecipient", tag: rtag)
             }
-            return .message(recipient: recipient, payload: try r.payload(validatingText: true))
+            let payload = try r.payload()
+            if payload.isText && !payload.withUnsafeBytes(isValidUTF8) { throw .invalidUTF8 }
+            return .message(recipient: recipient, payload: payload)
         case 1:
             return .setTimer(milliseconds: try r.u32("SetTimer.ms_delay"))
         default:
@@ -186,20 +215,20 @@ extension MessageFromProcess {
 
 // MARK: - Byte cursors
 
-/// Writes little-endian fields into a buffer whose size the caller checked.
+/// Writes little-endian fields into memory whose size the caller checked.
 struct ABIWriter {
-    let buffer: UnsafeMutableRawBufferPointer
+    let base: UnsafeMutableRawPointer
     var offset = 0
 
-    init(_ buffer: UnsafeMutableRawBufferPointer) { self.buffer = buffer }
+    init(_ base: UnsafeMutableRawPointer) { self.base = base }
 
     mutating func u32(_ v: UInt32) {
-        buffer.storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt32.self)
+        base.storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt32.self)
         offset += 4
     }
 
     mutating func u64(_ v: UInt64) {
-        buffer.storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt64.self)
+        base.storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt64.self)
         offset += 8
     }
 
@@ -209,7 +238,7 @@ struct ABIWriter {
         p.withUnsafeBytes { bytes in
             u64(UInt64(bytes.count))
             if let source = bytes.baseAddress, !bytes.isEmpty {
-                (buffer.baseAddress! + offset).copyMemory(from: source, byteCount: bytes.count)
+                (base + offset).copyMemory(from: source, byteCount: bytes.count)
             }
             offset += bytes.count
         }
@@ -227,20 +256,19 @@ struct ABIReader {
     var remaining: Int { bytes.count - offset }
 
     mutating func u32(_ field: StaticString) throws(ABIDecodeError) -> UInt32 {
-        guard remaining >= 4 else { throw .truncated(field: string(field)) }
+        guard remaining >= 4 else { throw .truncated(field: field) }
         defer { offset += 4 }
         return UInt32(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self))
     }
 
     mutating func u64(_ field: StaticString) throws(ABIDecodeError) -> UInt64 {
-        guard remaining >= 8 else { throw .truncated(field: string(field)) }
+        guard remaining >= 8 else { throw .truncated(field: field) }
         defer { offset += 8 }
         return UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: offset, as: UInt64.self))
     }
 
-    /// `MessagePayload` as a view of the input. With `validatingText`, a `Text` payload must be
-    /// valid UTF-8.
-    mutating func payload(validatingText: Bool) throws(ABIDecodeError) -> MessagePayload {
+    /// `MessagePayload` as a view of the input; `Text` is not validated here.
+    mutating func payload() throws(ABIDecodeError) -> MessagePayload {
         let tag = try u32("MessagePayload tag")
         guard tag <= 1 else { throw .unknownVariant(type: "MessagePayload", tag: tag) }
         let length = try u64("MessagePayload length")
@@ -248,16 +276,7 @@ struct ABIReader {
         guard length <= UInt64(remaining) else { throw .truncated(field: "MessagePayload bytes") }
         let body = UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + Int(length)])
         offset += Int(length)
-        if tag == 1 {
-            if validatingText && !isValidUTF8(body) { throw .invalidUTF8 }
-            return MessagePayload(borrowing: body, kind: .text)
-        }
-        return MessagePayload(borrowing: body, kind: .binary)
-    }
-
-    /// Field names are static strings (free to pass on every read); only an error makes a `String`.
-    private func string(_ s: StaticString) -> String {
-        s.withUTF8Buffer { String(decoding: $0, as: UTF8.self) }
+        return MessagePayload(borrowing: body, kind: tag == 1 ? .text : .binary)
     }
 }
 

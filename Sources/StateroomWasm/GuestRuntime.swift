@@ -63,9 +63,8 @@ public struct GuestContext<Output: GuestOutput>: StateroomContext {
     }
 
     private func emit(_ request: MessageFromProcess) {
-        let count = request.encodedCount
-        let p = buffer.reserve(count)
-        let written = request.encode(into: UnsafeMutableRawBufferPointer(start: p, count: count))
+        let p = buffer.reserve(request.encodedCount)
+        let written = request.encodeUnchecked(at: p)
         output.emit(UnsafeRawBufferPointer(start: p, count: written))
     }
 

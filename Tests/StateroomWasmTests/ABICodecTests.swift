@@ -218,6 +218,16 @@ func decodeFromProcess(_ bytes: [UInt8]) throws(ABIDecodeError) -> String {
         #expect(ABIDecodeError.invalidUTF8.description == "Text payload is not valid UTF-8")
     }
 
+    @Test func errorsAreEqualOnlyWithTheSameCaseNamesAndTag() {
+        // The tables above compare errors with ==, which compares the static names by their text.
+        #expect(ABIDecodeError.truncated(field: "Client.client") == .truncated(field: "Client.client"))
+        #expect(ABIDecodeError.truncated(field: "Client.client") != .truncated(field: "EveryoneExcept.client"))
+        #expect(ABIDecodeError.unknownVariant(type: "MessagePayload", tag: 2) == .unknownVariant(type: "MessagePayload", tag: 2))
+        #expect(ABIDecodeError.unknownVariant(type: "MessagePayload", tag: 2) != .unknownVariant(type: "MessagePayload", tag: 3))
+        #expect(ABIDecodeError.unknownVariant(type: "MessagePayload", tag: 2) != .unknownVariant(type: "MessageRecipient", tag: 2))
+        #expect(ABIDecodeError.invalidUTF8 != .truncated(field: "MessagePayload bytes"))
+    }
+
     /// Text from a guest, as `MessageFromProcess::Message { Broadcast, Text(bytes) }`.
     func guestText(_ body: String) -> [UInt8] {
         let b = hex(body)
