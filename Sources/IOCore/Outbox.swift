@@ -1,46 +1,71 @@
 import Glibc
 
-/// One socket's outbound queue. Its owner keeps it inline (a few words per connection, nothing
-/// allocated while it is empty); the queued chunks live in the node pool of the ``Outbox`` that
-/// every call takes it to.
+/// One queued piece of outbound bytes: a slice of a pooled frame buffer.
+@usableFromInline
+struct Chunk {
+    @usableFromInline var buffer: FrameBuffer
+    @usableFromInline var offset: Int32
+    @usableFromInline var length: Int32
+
+    @inlinable init(buffer: FrameBuffer, offset: Int32, length: Int32) {
+        self.buffer = buffer
+        self.offset = offset
+        self.length = length
+    }
+}
+
+/// One socket's outbound queue. Its owner keeps it inline (32 bytes per connection); the queued
+/// chunks sit in a ring of the ``Outbox``'s that the queue holds only while it is not empty, so
+/// an idle connection holds no queue memory, and a busy one reads its chunks contiguously.
 ///
 /// At most one send is in flight per queue; frames queued meanwhile gather behind it and leave
 /// together in the next one.
 public struct SendQueue {
-    @usableFromInline var head: Int32 = -1
-    @usableFromInline var tail: Int32 = -1
+    @usableFromInline var ring: UnsafeMutablePointer<Chunk>?
+    @usableFromInline var queuedBytes = 0
+    @usableFromInline var head: Int32 = 0
     @usableFromInline var queuedChunks: Int32 = 0
-    @usableFromInline var inFlightChunks: Int32 = 0
     /// The `msghdr` space held by a gathered send in flight (-1: none).
     @usableFromInline var space: Int32 = -1
-    @usableFromInline var queuedBytes: Int = 0
+    @usableFromInline var inFlightChunks: UInt8 = 0
+    /// The ring holds `Outbox.minRing << ringClass` chunks. Without a ring, the size the next one
+    /// starts at: the size the last one had grown to, so a socket that gets the same burst every
+    /// turn does not grow its ring anew each time.
+    @usableFromInline var ringClass: UInt8 = 0
 
     public init() {}
 
     /// Queued chunks: frames, or runs of small frames already copied together.
     @inlinable public var chunks: Int32 { queuedChunks }
     /// Chunks the send in flight carries; 0 when none is in flight.
-    @inlinable public var inFlight: Int32 { inFlightChunks }
+    @inlinable public var inFlight: Int32 { Int32(inFlightChunks) }
     /// Bytes queued and not yet reported sent.
     @inlinable public var bytes: Int { queuedBytes }
-
     /// Nothing is queued.
-    @inlinable public var isEmpty: Bool { chunks == 0 }
+    @inlinable public var isEmpty: Bool { queuedChunks == 0 }
     /// A send is in flight: its chunks and `msghdr` belong to the kernel until it completes.
-    @inlinable public var sendInFlight: Bool { inFlight > 0 }
+    @inlinable public var sendInFlight: Bool { inFlightChunks > 0 }
+    /// The queue holds ring memory (only while it is not empty).
+    public var holdsRing: Bool { ring != nil }
+
+    @inlinable var capacity: Int32 { ring == nil ? 0 : Outbox.minRing << Int32(ringClass) }
+    @inlinable var mask: Int32 { capacity &- 1 }
 }
 
-/// The outbound half of a shard's I/O: per-socket chunk queues in one node pool, small-frame
-/// flattening, `msghdr`/iovec building, and the accounting of send completions.
+/// The outbound half of a shard's I/O: per-socket chunk queues, small-frame flattening,
+/// `msghdr`/iovec building, and the accounting of send completions.
 ///
 /// A queued chunk holds one reference to a pooled ``FrameBuffer``, so a broadcast encoded once is
-/// queued to a thousand sockets as a thousand 24-byte nodes, not a thousand copies. Single-threaded:
-/// one outbox per shard, touched only from its thread.
+/// queued to a thousand sockets as a thousand 16-byte entries, not a thousand copies. A queue's
+/// ring comes from this outbox's free lists (power-of-two sizes) when its first chunk arrives
+/// and goes back when it empties: no allocation per message once the shard is warm, none held
+/// by idle sockets. Single-threaded: one outbox per shard, touched only from its thread.
 ///
 /// Custody: from ``submit(_:fd:tag:on:)`` until the matching ``complete(_:result:)``, the chunks the
 /// send carries, the frame buffers they reference and the `msghdr` with its iovecs are the kernel's:
 /// nothing here changes or frees them in between (``dropUnsent(_:)`` keeps them; ``releaseAll(_:)``
-/// refuses while a send is in flight).
+/// refuses while a send is in flight). A ring may move while a send is in flight: the kernel
+/// reads the iovecs and the frame bytes, never the ring.
 public final class Outbox {
     /// Most buffers one gathered send carries.
     public static let maxIOV = 64
@@ -49,83 +74,86 @@ public final class Outbox {
     /// than this copy for small frames.
     public static let smallChunk = 2048
     public static let flattenLimit = 16 << 10
+    /// Chunks in the smallest ring.
+    @usableFromInline static let minRing: Int32 = 8
     static let spaceSize = MemoryLayout<msghdr>.stride + maxIOV * MemoryLayout<iovec>.stride
-
-    @usableFromInline struct Node {
-        @usableFromInline var buffer: FrameBuffer
-        @usableFromInline var offset: Int32
-        @usableFromInline var length: Int32
-        @usableFromInline var next: Int32
-
-        @inlinable init(buffer: FrameBuffer, offset: Int32, length: Int32, next: Int32) {
-            self.buffer = buffer
-            self.offset = offset
-            self.length = length
-            self.next = next
-        }
-    }
 
     /// The pool the queued frames come from and go back to.
     public let pool: FramePool
-    @usableFromInline var nodes: UnsafeMutablePointer<Node>
-    private var nodeCapacity: Int
-    @usableFromInline var freeNode: Int32 = -1
-    @usableFromInline var usedNodes = 0
-    /// Nodes holding a chunk (for tests and leak checks).
-    public var nodesInUse: Int { usedNodes }
-    private var spaces: [UnsafeMutableRawPointer] = []
-    private var freeSpaces: [Int32] = []
+    /// Free rings by size class.
+    @exclusivity(unchecked) private var freeRings: [[UnsafeMutablePointer<Chunk>]] = []
+    @exclusivity(unchecked) private var cachedRingBytes = 0
+    private let maxCachedRingBytes: Int
+    @exclusivity(unchecked) private var spaces: [UnsafeMutableRawPointer] = []
+    @exclusivity(unchecked) private var freeSpaces: [Int32] = []
+    /// Rings handed to queues and not yet back (for tests and leak checks).
+    public private(set) var ringsInUse = 0
 
-    public init(pool: FramePool, initialNodes: Int = 256) {
+    /// `maxCachedRingBytes` bounds the ring memory kept in free lists.
+    public init(pool: FramePool, maxCachedRingBytes: Int = 16 << 20) {
         self.pool = pool
-        nodeCapacity = max(initialNodes, 1)
-        nodes = .allocate(capacity: nodeCapacity)
-        threadFree(from: 0)
+        self.maxCachedRingBytes = maxCachedRingBytes
     }
 
     deinit {
-        nodes.deallocate()
+        for list in freeRings { for r in list { r.deallocate() } }
         for s in spaces { s.deallocate() }
     }
 
-    /// What a free node holds in place of a buffer; never dereferenced.
-    private static var noBuffer: FrameBuffer { FrameBuffer(header: UnsafeMutableRawPointer(bitPattern: 0x10)!) }
+    // MARK: - Rings
 
-    /// Links nodes `from..<nodeCapacity` into the free list.
-    private func threadFree(from start: Int) {
-        var i = nodeCapacity - 1
-        while i >= start {
-            (nodes + i).initialize(to: Node(buffer: Outbox.noBuffer, offset: 0, length: 0, next: freeNode))
-            freeNode = Int32(i)
-            i -= 1
+    private func takeRing(_ cls: Int) -> UnsafeMutablePointer<Chunk> {
+        ringsInUse += 1
+        if cls < freeRings.count, let r = freeRings[cls].popLast() {
+            cachedRingBytes -= Self.ringBytes(cls)
+            return r
         }
+        return .allocate(capacity: Int(Outbox.minRing) << cls)
     }
 
-    /// Doubles the node pool (the free list was empty).
-    @usableFromInline func grow() {
-        let old = nodeCapacity
-        let grown = UnsafeMutablePointer<Node>.allocate(capacity: old * 2)
-        grown.moveInitialize(from: nodes, count: old)
-        nodes.deallocate()
-        nodes = grown
-        nodeCapacity = old * 2
-        threadFree(from: old)
+    private func giveBack(_ ring: UnsafeMutablePointer<Chunk>, _ cls: Int) {
+        ringsInUse -= 1
+        let size = Self.ringBytes(cls)
+        if cachedRingBytes + size > maxCachedRingBytes {
+            ring.deallocate()
+            return
+        }
+        while freeRings.count <= cls { freeRings.append([]) }
+        freeRings[cls].append(ring)
+        cachedRingBytes += size
     }
 
-    @inlinable @inline(__always)
-    func takeNode() -> Int32 {
-        if freeNode < 0 { grow() }
-        let n = freeNode
-        freeNode = nodes[Int(n)].next
-        usedNodes += 1
-        return n
+    private static func ringBytes(_ cls: Int) -> Int { (Int(Outbox.minRing) << cls) * MemoryLayout<Chunk>.stride }
+
+    /// Gives `q` a ring twice as large (or its first one), its chunks moved to the front in order.
+    @usableFromInline func grow(_ q: inout SendQueue) {
+        guard let old = q.ring else {
+            q.ring = takeRing(Int(q.ringClass))
+            q.head = 0
+            return
+        }
+        let cls = Int(q.ringClass)
+        let fresh = takeRing(cls + 1)
+        let cap = q.capacity
+        for i in 0..<q.queuedChunks { fresh[Int(i)] = old[Int((q.head &+ i) & (cap &- 1))] }
+        giveBack(old, cls)
+        q.ring = fresh
+        q.ringClass = UInt8(cls + 1)
+        q.head = 0
+    }
+
+    /// An emptied queue's ring goes back to the free lists.
+    @inline(__always)
+    private func dropRingIfEmpty(_ q: inout SendQueue) {
+        guard q.queuedChunks == 0, let ring = q.ring else { return }
+        giveBack(ring, Int(q.ringClass))
+        q.ring = nil
+        q.head = 0
     }
 
     @inline(__always)
-    private func giveBack(_ n: Int32) {
-        nodes[Int(n)].next = freeNode
-        freeNode = n
-        usedNodes -= 1
+    private func chunk(_ q: SendQueue, _ i: Int32) -> UnsafeMutablePointer<Chunk> {
+        q.ring.unsafelyUnwrapped + Int((q.head &+ i) & q.mask)
     }
 
     // MARK: - Queueing
@@ -133,10 +161,9 @@ public final class Outbox {
     /// Queues `frame` at the back of `q`, taking over one reference the caller holds.
     @inlinable @inline(__always)
     public func append(_ frame: FrameBuffer, to q: inout SendQueue) {
-        let n = takeNode()
-        nodes[Int(n)] = Node(buffer: frame, offset: 0, length: Int32(frame.count), next: -1)
-        if q.tail >= 0 { nodes[Int(q.tail)].next = n } else { q.head = n }
-        q.tail = n
+        if q.queuedChunks == q.capacity { grow(&q) }
+        let at = (q.head &+ q.queuedChunks) & q.mask
+        q.ring.unsafelyUnwrapped[Int(at)] = Chunk(buffer: frame, offset: 0, length: Int32(frame.count))
         q.queuedChunks += 1
         q.queuedBytes += frame.count
     }
@@ -150,14 +177,14 @@ public final class Outbox {
     /// send in flight.
     public func submit(_ q: inout SendQueue, fd: Int32, tag: Tag, on loop: any EventLoopBackend) -> Int {
         precondition(!q.isEmpty && !q.sendInFlight, "submit needs queued bytes and no send in flight")
-        let carried = min(Int(q.chunks), Outbox.maxIOV)
-        if q.chunks > 1 { flattenSmallChunks(&q) }
-        let first = nodes[Int(q.head)]
-        if q.chunks == 1 {
+        let carried = min(Int(q.queuedChunks), Outbox.maxIOV)
+        if q.queuedChunks > 1 { flattenSmallChunks(&q) }
+        if q.queuedChunks == 1 {
             // One buffer: a plain send, no msghdr to build or for the kernel to copy.
+            let c = chunk(q, 0).pointee
             q.inFlightChunks = 1
             // Custody: the chunk keeps its frame buffer referenced until complete().
-            loop.send(fd: fd, bytes: first.buffer.bytes + Int(first.offset), count: Int(first.length), tag: tag)
+            loop.send(fd: fd, bytes: c.buffer.bytes + Int(c.offset), count: Int(c.length), tag: tag)
             return carried
         }
         let s = takeSpace()
@@ -165,60 +192,45 @@ public final class Outbox {
         let space = spaces[Int(s)]
         let msg = space.bindMemory(to: msghdr.self, capacity: 1)
         let iov = (space + MemoryLayout<msghdr>.stride).bindMemory(to: iovec.self, capacity: Outbox.maxIOV)
-        var count = 0
-        var n = q.head
-        while n >= 0 && count < Outbox.maxIOV {
-            let node = nodes[Int(n)]
-            iov[count] = iovec(iov_base: node.buffer.bytes + Int(node.offset), iov_len: Int(node.length))
-            count += 1
-            n = node.next
+        let count = min(Int(q.queuedChunks), Outbox.maxIOV)
+        for i in 0..<count {
+            let c = chunk(q, Int32(i)).pointee
+            iov[i] = iovec(iov_base: c.buffer.bytes + Int(c.offset), iov_len: Int(c.length))
         }
         msg.pointee = msghdr()
         msg.pointee.msg_iov = iov
         msg.pointee.msg_iovlen = count
-        q.inFlightChunks = Int32(count)
+        q.inFlightChunks = UInt8(count)
         // Custody: msg, iov and the frame buffers they name stay alive and unchanged until this
         // send completes; the queued chunks keep their buffer references until complete().
         loop.send(fd: fd, message: msg, tag: tag)
         return carried
     }
 
-    /// Copies the run of small chunks at the head of `q` into one buffer. The run's frame
-    /// references are dropped here, not at completion.
+    /// Copies the run of small chunks at the head of `q` into one buffer, which takes the place
+    /// of the run's last chunk. The run's frame references are dropped here, not at completion.
     private func flattenSmallChunks(_ q: inout SendQueue) {
         var total = 0
-        var run = 0
-        var n = q.head
-        while n >= 0 {
-            let len = Int(nodes[Int(n)].length)
+        var run: Int32 = 0
+        while run < q.queuedChunks {
+            let len = Int(chunk(q, run).pointee.length)
             if len > Outbox.smallChunk || total + len > Outbox.flattenLimit { break }
             total += len
             run += 1
-            n = nodes[Int(n)].next
         }
         guard run > 1 else { return }
         let flat = pool.allocate(capacity: total)
         var at = flat.bytes
-        var node = q.head
-        for _ in 0..<run - 1 {
-            let c = nodes[Int(node)]
+        for i in 0..<run {
+            let c = chunk(q, i).pointee
             at.copyMemory(from: c.buffer.bytes + Int(c.offset), byteCount: Int(c.length))
             at += Int(c.length)
             pool.release(c.buffer)
-            let next = c.next
-            giveBack(node)
-            node = next
         }
-        // The run's last node stays and carries the flattened buffer.
-        let last = nodes[Int(node)]
-        at.copyMemory(from: last.buffer.bytes + Int(last.offset), byteCount: Int(last.length))
-        pool.release(last.buffer)
         flat.count = total
-        nodes[Int(node)].buffer = flat
-        nodes[Int(node)].offset = 0
-        nodes[Int(node)].length = Int32(total)
-        q.head = node
-        q.queuedChunks -= Int32(run - 1)
+        chunk(q, run - 1).pointee = Chunk(buffer: flat, offset: 0, length: Int32(total))
+        q.head = (q.head &+ run - 1) & q.mask
+        q.queuedChunks -= run - 1
     }
 
     /// Accounts the completion of `q`'s send in flight: chunks fully sent are released, a
@@ -226,7 +238,7 @@ public final class Outbox {
     /// gone or the socket was shut down); then everything queued is released.
     @discardableResult
     public func complete(_ q: inout SendQueue, result: Int32) -> Bool {
-        let carried = Int(q.inFlight)
+        let carried = Int(q.inFlightChunks)
         q.inFlightChunks = 0
         if q.space >= 0 {
             freeSpaces.append(q.space)
@@ -238,65 +250,48 @@ public final class Outbox {
         }
         var sent = Int(result)
         var done = 0
-        while sent > 0, done < carried, q.head >= 0 {
-            let n = q.head
-            let len = Int(nodes[Int(n)].length)
+        while sent > 0, done < carried, q.queuedChunks > 0 {
+            let c = chunk(q, 0)
+            let len = Int(c.pointee.length)
             if len <= sent {
                 sent -= len
                 q.queuedBytes -= len
-                pool.release(nodes[Int(n)].buffer)
-                popHead(&q)
+                pool.release(c.pointee.buffer)
+                q.head = (q.head &+ 1) & q.mask
+                q.queuedChunks -= 1
                 done += 1
             } else {
-                nodes[Int(n)].offset += Int32(sent)
-                nodes[Int(n)].length -= Int32(sent)
+                c.pointee.offset += Int32(sent)
+                c.pointee.length -= Int32(sent)
                 q.queuedBytes -= sent
                 sent = 0
             }
         }
+        dropRingIfEmpty(&q)
         return true
-    }
-
-    @inline(__always)
-    private func popHead(_ q: inout SendQueue) {
-        let n = q.head
-        q.head = nodes[Int(n)].next
-        if q.head < 0 { q.tail = -1 }
-        q.queuedChunks -= 1
-        giveBack(n)
     }
 
     /// Releases the queued chunks that are not part of the send in flight.
     public func dropUnsent(_ q: inout SendQueue) {
-        let keep = Int(q.inFlight)
-        guard Int(q.chunks) > keep else { return }
-        var n = q.head
-        var last: Int32 = -1
-        for _ in 0..<keep {
-            last = n
-            n = nodes[Int(n)].next
+        let keep = Int32(q.inFlightChunks)
+        guard q.queuedChunks > keep else { return }
+        for i in keep..<q.queuedChunks {
+            let c = chunk(q, i).pointee
+            q.queuedBytes -= Int(c.length)
+            pool.release(c.buffer)
         }
-        while n >= 0 {
-            let next = nodes[Int(n)].next
-            q.queuedBytes -= Int(nodes[Int(n)].length)
-            pool.release(nodes[Int(n)].buffer)
-            giveBack(n)
-            q.queuedChunks -= 1
-            n = next
-        }
-        if last >= 0 { nodes[Int(last)].next = -1 } else { q.head = -1 }
-        q.tail = last
+        q.queuedChunks = keep
+        dropRingIfEmpty(&q)
     }
 
     /// Releases everything queued. Not while a send is in flight: the kernel still reads those
     /// chunks (release them when it completes).
     public func releaseAll(_ q: inout SendQueue) {
         precondition(!q.sendInFlight, "releasing chunks a send in flight still carries")
-        while q.head >= 0 {
-            pool.release(nodes[Int(q.head)].buffer)
-            popHead(&q)
-        }
+        for i in 0..<q.queuedChunks { pool.release(chunk(q, i).pointee.buffer) }
+        q.queuedChunks = 0
         q.queuedBytes = 0
+        dropRingIfEmpty(&q)
     }
 
     private func takeSpace() -> Int32 {

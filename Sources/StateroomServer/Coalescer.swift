@@ -66,6 +66,12 @@ struct Coalescer<Member: Paced, Clock: ShardClock> {
         self.holdBytesCap = holdBytesCap
         self.maxFrames = maxFrames
         self.clock = clock
+        startEpoch()
+    }
+
+    /// Starts a load epoch now. Call it on the thread whose CPU time is measured, before its
+    /// first turn (the coalescer may be made on another thread).
+    mutating func startEpoch() {
         epochStart = clock.monotonicNanos()
         epochCPU = clock.threadCPUNanos()
     }

@@ -128,6 +128,7 @@ final class Shard {
             timers.schedule(at: monotonicNanos() + Shard.nanos(config.heartbeatInterval), .heartbeat)
         }
         timers.schedule(at: monotonicNanos() + Shard.sweepInterval, .sweep)
+        coalescer.startEpoch()
         counters[ShardStats.Counter.coalesceWindowMicros.rawValue] = Int(coalescer.current / 1000)
         while running {
             var timeout: Int64 = -1

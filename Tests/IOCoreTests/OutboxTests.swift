@@ -57,7 +57,29 @@ private func frame(_ pool: FramePool, _ byte: UInt8, _ count: Int) -> FrameBuffe
         #expect(q.sendInFlight && q.inFlight == 4)
         #expect(outbox.complete(&q, result: Int32(expected.count)))
         #expect(q.isEmpty && !q.sendInFlight && q.bytes == 0)
-        #expect(pool.outstanding == 0 && outbox.nodesInUse == 0)
+        #expect(pool.outstanding == 0 && outbox.ringsInUse == 0)
+        #expect(!q.holdsRing, "an emptied queue gives its ring back")
+    }
+
+    @Test func aRingThatWrapsKeepsItsOrderWhenItGrows() {
+        let pool = FramePool()
+        let outbox = Outbox(pool: pool)
+        let loop = RecordingLoop()
+        var q = SendQueue()
+        // Fill the first ring (8), send and complete part of it so the head moves, then queue
+        // past the end so entries wrap, then past the capacity so it grows.
+        for i in 0..<8 { outbox.append(frame(pool, UInt8(i), 2100), to: &q) }
+        _ = outbox.submit(&q, fd: 0, tag: tag, on: loop)
+        #expect(outbox.complete(&q, result: 3 * 2100))
+        for i in 8..<30 { outbox.append(frame(pool, UInt8(i), 2100), to: &q) }
+        #expect(q.chunks == 27)
+        while !q.isEmpty {
+            _ = outbox.submit(&q, fd: 0, tag: tag, on: loop)
+            #expect(outbox.complete(&q, result: Int32(q.inFlight) * 2100))
+        }
+        let got = loop.sends.dropFirst().flatMap { $0 }
+        #expect(got == (3..<30).flatMap { [UInt8](repeating: UInt8($0), count: 2100) })
+        #expect(pool.outstanding == 0 && outbox.ringsInUse == 0)
     }
 
     @Test func aPartialSendIsTrimmedAndTheRestLeavesNext() {
@@ -75,7 +97,7 @@ private func frame(_ pool: FramePool, _ byte: UInt8, _ count: Int) -> FrameBuffe
         _ = outbox.submit(&q, fd: 0, tag: tag, on: loop)
         #expect(loop.sends[1] == [UInt8](repeating: 2, count: 3900) + [UInt8](repeating: 3, count: 5))
         #expect(outbox.complete(&q, result: 3905))
-        #expect(q.isEmpty && pool.outstanding == 0 && outbox.nodesInUse == 0)
+        #expect(q.isEmpty && pool.outstanding == 0 && outbox.ringsInUse == 0)
     }
 
     @Test func dropUnsentKeepsWhatTheKernelStillReads() {
@@ -94,7 +116,7 @@ private func frame(_ pool: FramePool, _ byte: UInt8, _ count: Int) -> FrameBuffe
         #expect(outbox.complete(&q, result: 6000))
         #expect(q.chunks == 1 && q.bytes == 7)
         outbox.releaseAll(&q)
-        #expect(pool.outstanding == 0 && outbox.nodesInUse == 0)
+        #expect(pool.outstanding == 0 && outbox.ringsInUse == 0)
         // Nothing in flight: dropUnsent empties the queue.
         outbox.append(frame(pool, 1, 10), to: &q)
         outbox.dropUnsent(&q)
@@ -109,23 +131,23 @@ private func frame(_ pool: FramePool, _ byte: UInt8, _ count: Int) -> FrameBuffe
         _ = outbox.submit(&q, fd: 0, tag: tag, on: RecordingLoop())
         outbox.append(frame(pool, 1, 10), to: &q)
         #expect(!outbox.complete(&q, result: -EPIPE))
-        #expect(q.isEmpty && q.bytes == 0 && pool.outstanding == 0 && outbox.nodesInUse == 0)
+        #expect(q.isEmpty && q.bytes == 0 && pool.outstanding == 0 && outbox.ringsInUse == 0)
     }
 
-    @Test func oneSendCarriesAtMostMaxIOVChunksAndTheNodePoolGrows() {
+    @Test func oneSendCarriesAtMostMaxIOVChunksAndTheRingGrows() {
         let pool = FramePool()
-        let outbox = Outbox(pool: pool, initialNodes: 4)
+        let outbox = Outbox(pool: pool)
         let loop = RecordingLoop()
         var q = SendQueue()
         // Large frames are never flattened: 100 of them need two sends.
         for i in 0..<100 { outbox.append(frame(pool, UInt8(i), 2500), to: &q) }
-        #expect(outbox.nodesInUse == 100)
+        #expect(outbox.ringsInUse == 1 && q.holdsRing)
         #expect(outbox.submit(&q, fd: 0, tag: tag, on: loop) == Outbox.maxIOV)
         #expect(loop.iovecCounts == [Outbox.maxIOV])
         #expect(outbox.complete(&q, result: Int32(Outbox.maxIOV * 2500)))
         #expect(outbox.submit(&q, fd: 0, tag: tag, on: loop) == 100 - Outbox.maxIOV)
         #expect(outbox.complete(&q, result: Int32((100 - Outbox.maxIOV) * 2500)))
-        #expect(q.isEmpty && pool.outstanding == 0 && outbox.nodesInUse == 0)
+        #expect(q.isEmpty && pool.outstanding == 0 && outbox.ringsInUse == 0)
     }
 
     @Test("a random mix of frames reaches a real socket whole and in order", arguments: EventLoopConfiguration.Backend.allCases)
@@ -139,7 +161,7 @@ private func frame(_ pool: FramePool, _ byte: UInt8, _ count: Int) -> FrameBuffe
         #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
         defer { loop.forget(fd: fds[0]); close(fds[0]); close(fds[1]) }
         let pool = FramePool()
-        let outbox = Outbox(pool: pool, initialNodes: 8)
+        let outbox = Outbox(pool: pool)
         var q = SendQueue()
         var rng = SystemRandomNumberGenerator()
         var expected: [UInt8] = []
@@ -181,6 +203,6 @@ private func frame(_ pool: FramePool, _ byte: UInt8, _ count: Int) -> FrameBuffe
         }
         #expect(received.count == expected.count)
         #expect(received == expected)
-        #expect(pool.outstanding == 0 && outbox.nodesInUse == 0)
+        #expect(pool.outstanding == 0 && outbox.ringsInUse == 0)
     }
 }
