@@ -11,9 +11,10 @@ import WireProtocol
 /// `.http` for `.parked` when a response to an earlier request is still on its way out: the
 /// socket moves once that has drained, so no send of this shard's is in flight on it then.
 ///
-/// Kept compact (about 140 bytes): a server holds one per idle client. What only a busy or
-/// unusual connection needs lives elsewhere and costs nothing while unused: a frame spanning
-/// buffers in the parser's lazy storage, queued frames in the shard's ``Outbox`` node pool.
+/// Kept compact (one allocation of about 150 bytes): a server holds one per idle client. What
+/// only a busy or unusual connection needs costs nothing while unused: a frame spanning buffers
+/// sits in the parser's lazy storage, queued frames in a ring the ``Outbox`` lends the queue
+/// only while it is not empty.
 ///
 /// Every stored property is touched only by the owning shard's thread, one event at a time, so
 /// the hot ones opt out of dynamic exclusivity checks (`@exclusivity(unchecked)`), which cost
