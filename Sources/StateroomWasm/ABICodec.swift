@@ -54,15 +54,12 @@ public enum ABIDecodeError: Error, Equatable, Sendable, CustomStringConvertible 
     case truncated(field: StaticString)
     /// An enum variant tag that the ABI does not define for `type`.
     case unknownVariant(type: StaticString, tag: UInt32)
-    /// A `Text` payload whose bytes are not valid UTF-8.
-    case invalidUTF8
 
     /// What was wrong, naming the field or type.
     public var description: String {
         switch self {
         case .truncated(let field): return "truncated input: \(field) runs past the end"
         case .unknownVariant(let type, let tag): return "unknown \(type) variant \(tag)"
-        case .invalidUTF8: return "Text payload is not valid UTF-8"
         }
     }
 
@@ -74,7 +71,6 @@ public enum ABIDecodeError: Error, Equatable, Sendable, CustomStringConvertible 
         switch (a, b) {
         case (.truncated(let x), .truncated(let y)): return same(x, y)
         case (.unknownVariant(let x, let s), .unknownVariant(let y, let t)): return same(x, y) && s == t
-        case (.invalidUTF8, .invalidUTF8): return true
         default: return false
         }
     }
@@ -123,7 +119,7 @@ extension MessageToProcess {
     /// Decodes the message at the start of `bytes`; a payload is a view of `bytes`, no copy.
     ///
     /// `Text` is not validated here: the host delivers only text it validated (a client's by the
-    /// server's frame parser, a guest's by ``MessageFromProcess/decode(_:)``), and an
+    /// server's frame parser, a guest's where the host reads it in `stateroom_send`), and an
     /// interpreted guest would pay for a second pass on every message.
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws(ABIDecodeError) -> MessageToProcess {
         var r = ABIReader(bytes)
@@ -188,7 +184,8 @@ extension MessageFromProcess {
     }
 
     /// Decodes the message at the start of `bytes`; the payload is a view of `bytes`, no copy.
-    /// `Text` must be valid UTF-8 (checked in place): these bytes come from a guest.
+    /// `Text` is not validated here: the host checks a guest's text where it reads it
+    /// (`stateroom_send`), with the standard library's validator.
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws(ABIDecodeError) -> MessageFromProcess {
         var r = ABIReader(bytes)
         let tag = try r.u32("MessageFromProcess tag")
@@ -202,9 +199,7 @@ extension MessageFromProcess {
             case 2: recipient = .everyoneExcept(ClientId(try r.u32("EveryoneExcept.client")))
             default: throw .unknownVariant(type: "MessageRecipient", tag: rtag)
             }
-            let payload = try r.payload()
-            if payload.isText && !payload.withUnsafeBytes(isValidUTF8) { throw .invalidUTF8 }
-            return .message(recipient: recipient, payload: payload)
+            return .message(recipient: recipient, payload: try r.payload())
         case 1:
             return .setTimer(milliseconds: try r.u32("SetTimer.ms_delay"))
         default:
@@ -278,47 +273,4 @@ struct ABIReader {
         offset += Int(length)
         return MessagePayload(borrowing: body, kind: tag == 1 ? .text : .binary)
     }
-}
-
-/// `true` if `bytes` are well-formed UTF-8 (RFC 3629): no stray continuation bytes, overlong
-/// forms, surrogates (U+D800–U+DFFF), code points past U+10FFFF, or character cut off at the end.
-/// Checks in place, ASCII eight bytes at a time; no allocation.
-func isValidUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
-    guard let base = bytes.baseAddress else { return true }
-    let n = bytes.count
-    var i = 0
-    while i < n {
-        while i &+ 8 <= n,
-              base.loadUnaligned(fromByteOffset: i, as: UInt64.self) & 0x8080_8080_8080_8080 == 0 {
-            i &+= 8
-        }
-        if i == n { break }
-        let lead = base.load(fromByteOffset: i, as: UInt8.self)
-        i &+= 1
-        if lead < 0x80 { continue }
-        // Continuation bytes to follow, and the range the first of them must lie in.
-        var needed: Int
-        var lower: UInt8 = 0x80
-        var upper: UInt8 = 0xBF
-        switch lead {
-        case 0xC2...0xDF: needed = 1
-        case 0xE0: needed = 2; lower = 0xA0  // overlong below U+0800
-        case 0xED: needed = 2; upper = 0x9F  // surrogates
-        case 0xE1...0xEF: needed = 2
-        case 0xF0: needed = 3; lower = 0x90  // overlong below U+10000
-        case 0xF4: needed = 3; upper = 0x8F  // past U+10FFFF
-        case 0xF1...0xF3: needed = 3
-        default: return false  // continuation byte, C0/C1 overlong, F5–FF
-        }
-        guard n &- i >= needed else { return false }
-        while needed > 0 {
-            let c = base.load(fromByteOffset: i, as: UInt8.self)
-            guard c >= lower && c <= upper else { return false }
-            lower = 0x80
-            upper = 0xBF
-            i &+= 1
-            needed &-= 1
-        }
-    }
-    return true
 }

@@ -204,6 +204,9 @@ final class HostState {
             } catch {
                 throw GuestExit.fault("stateroom_send: undecodable payload (\(length) bytes): \(error)")
             }
+            if case .message(_, let payload) = message, payload.isText, !payload.withUnsafeBytes(Self.isUTF8) {
+                throw GuestExit.fault("stateroom_send: undecodable payload (\(length) bytes): Text payload is not valid UTF-8")
+            }
             guard let sink else {
                 // Only reachable from `_initialize` or a start function, before any room context.
                 logger.warning("wasm guest called stateroom_send outside a callback; message dropped")
@@ -211,6 +214,11 @@ final class HostState {
             }
             sink(message)
         }
+    }
+
+    /// Whether `bytes` are valid UTF-8, checked in place by the standard library.
+    private static func isUTF8(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        (try? UTF8Span(validating: bytes.assumingMemoryBound(to: UInt8.self).span)) != nil
     }
 
     // MARK: Log streams (WASI stdout / stderr)
