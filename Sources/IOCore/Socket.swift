@@ -60,35 +60,19 @@ public enum Socket {
     public static func peerAddress(_ fd: Int32) -> String? {
         var storage = sockaddr_storage()
         var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        var host = [CChar](repeating: 0, count: Int(NI_MAXHOST))
+        var port = [CChar](repeating: 0, count: Int(NI_MAXSERV))
         let rc = withUnsafeMutablePointer(to: &storage) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd, $0, &len) }
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa -> Int32 in
+                guard getpeername(fd, sa, &len) == 0 else { return -1 }
+                return getnameinfo(sa, len, &host, socklen_t(host.count), &port, socklen_t(port.count),
+                                   NI_NUMERICHOST | NI_NUMERICSERV)
+            }
         }
         guard rc == 0 else { return nil }
-        var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
-        switch Int32(storage.ss_family) {
-        case AF_INET:
-            return withUnsafePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin -> String? in
-                    var addr = sin.pointee.sin_addr
-                    guard inet_ntop(AF_INET, &addr, &text, socklen_t(text.count)) != nil else { return nil }
-                    return "\(cText(text)):\(UInt16(bigEndian: sin.pointee.sin_port))"
-                }
-            }
-        case AF_INET6:
-            return withUnsafePointer(to: &storage) {
-                $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin6 -> String? in
-                    var addr = sin6.pointee.sin6_addr
-                    guard inet_ntop(AF_INET6, &addr, &text, socklen_t(text.count)) != nil else { return nil }
-                    return "[\(cText(text))]:\(UInt16(bigEndian: sin6.pointee.sin6_port))"
-                }
-            }
-        default:
-            return nil
-        }
-    }
-
-    private static func cText(_ chars: [CChar]) -> String {
-        String(decoding: chars.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        let text = { (chars: [CChar]) in String(decoding: chars.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self) }
+        let h = text(host)
+        return Int32(storage.ss_family) == AF_INET6 ? "[\(h)]:\(text(port))" : "\(h):\(text(port))"
     }
 
     /// TCP_NODELAY: frames go out when written, not after Nagle's delay.

@@ -108,3 +108,82 @@ struct UpgradePolicyServerTests {
         #expect(a.nextMessage() == .text("new value: 1"), "accepted clients are served; the refused one never joined")
     }
 }
+
+@Suite("pipelined requests before an upgrade", .serialized)
+struct PipelinedUpgradeTests {
+    /// Reads from `fd` until `text` holds `needle` or the socket's 5 s timeout passes.
+    private func read(_ fd: Int32, until needle: String, into text: inout String) {
+        var buf = [UInt8](repeating: 0, count: 4096)
+        while !text.contains(needle) {
+            let n = retryingEINTR { Glibc.read(fd, &buf, buf.count) }
+            if n <= 0 { return }
+            text += String(decoding: buf[0..<n], as: UTF8.self)
+        }
+    }
+
+    @Test("a response still queued when the upgrade moves to the room's shard arrives first, and the socket then works",
+          arguments: ServerConfiguration.IOMode.allCases)
+    func statusThenUpgradeInOneWrite(io: ServerConfiguration.IOMode) throws {
+        var c = ServerConfiguration()
+        c.host = "127.0.0.1"
+        c.port = 0
+        c.shards = 2
+        c.io = io
+        c.pinThreads = false
+        let server = Server(configuration: c)
+        try server.start(factory: BuiltinService.counter.factory)
+        defer { server.stop() }
+        // Rooms of both shards: whichever shard accepts a connection, some upgrades move.
+        let rooms = (0..<8).map { "pipe\($0)" }
+        #expect(Set(rooms.map { ownerShard(of: $0, shards: 2) }).count == 2)
+        for room in rooms {
+            let fd = try #require(connectLoopback(port: server.port))
+            defer { close(fd) }
+            let request = "GET /status HTTP/1.1\r\nHost: x\r\n\r\nGET /ws/\(room) HTTP/1.1\r\nHost: x\r\n" + upgradeHead + "\r\n"
+            var bytes = Array(request.utf8)
+            // A masked "increment" frame right behind the upgrade, in the same write.
+            let key: (UInt8, UInt8, UInt8, UInt8) = (1, 2, 3, 4)
+            Array("increment".utf8).withUnsafeBytes { encodeClientFrame(opcode: .text, payload: $0, maskKey: key, into: &bytes) }
+            _ = retryingEINTR { bytes.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) } }
+            var text = ""
+            read(fd, until: "new value: 1", into: &text)
+            let ok = try #require(text.firstRange(of: "HTTP/1.1 200 OK"), "room \(room): \(text)")
+            let upgraded = try #require(text.firstRange(of: "HTTP/1.1 101 Switching Protocols"), "room \(room): \(text)")
+            #expect(ok.lowerBound < upgraded.lowerBound, "the /status answer comes first")
+            #expect(text.contains("new value: 1"), "room \(room): the frame sent with the upgrade reached the room")
+        }
+    }
+}
+
+@Suite("request heads when receive buffers run out", .serialized)
+struct ReceiveBufferShortageTests {
+    @Test("a request head whose receive found no buffer is read once buffers are back", arguments: [ServerConfiguration.IOMode.uring])
+    func headsOutnumberingBuffers(io: ServerConfiguration.IOMode) throws {
+        var c = ServerConfiguration()
+        c.host = "127.0.0.1"
+        c.port = 0
+        c.shards = 1
+        c.io = io
+        c.pinThreads = false
+        c.eventLoop.receiveBufferCount = 2
+        let server = Server(configuration: c)
+        try server.start(factory: BuiltinService.counter.factory)
+        defer { server.stop() }
+        // Many sockets with a complete head waiting before the server reads any: their receives
+        // need more buffers at once than the ring holds, and some end with ENOBUFS.
+        var fds: [Int32] = []
+        defer { for fd in fds { close(fd) } }
+        let request = Array(("GET /status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").utf8)
+        for _ in 0..<64 {
+            let fd = try #require(connectLoopback(port: server.port))
+            fds.append(fd)
+            _ = retryingEINTR { request.withUnsafeBytes { write(fd, $0.baseAddress!, $0.count) } }
+        }
+        for (i, fd) in fds.enumerated() {
+            var buf = [UInt8](repeating: 0, count: 512)
+            let n = retryingEINTR { read(fd, &buf, buf.count) }
+            #expect(n > 12 && String(decoding: buf[0..<max(n, 0)], as: UTF8.self).hasPrefix("HTTP/1.1 200 OK"),
+                    "connection \(i) got no answer within 5 s")
+        }
+    }
+}
