@@ -271,9 +271,11 @@ public final class Outbox {
         return true
     }
 
-    /// Releases the queued chunks that are not part of the send in flight.
+    /// Releases the queued chunks that are not part of the send in flight, nor the rest of a
+    /// chunk the kernel took only part of (dropping that would cut a frame in two on the wire).
     public func dropUnsent(_ q: inout SendQueue) {
-        let keep = Int32(q.inFlightChunks)
+        var keep = Int32(q.inFlightChunks)
+        if keep == 0 && q.queuedChunks > 0 && chunk(q, 0).pointee.offset > 0 { keep = 1 }
         guard q.queuedChunks > keep else { return }
         for i in keep..<q.queuedChunks {
             let c = chunk(q, i).pointee
@@ -282,6 +284,32 @@ public final class Outbox {
         }
         q.queuedChunks = keep
         dropRingIfEmpty(&q)
+    }
+
+    /// Copies bytes from the head of `q` into `destination`, up to `capacity`, and takes them off
+    /// the queue (chunks copied whole are released, a chunk copied in part is trimmed). Returns the
+    /// bytes copied. For a queue that is never submitted itself (plaintext waiting to be sealed).
+    public func gather(_ q: inout SendQueue, into destination: UnsafeMutableRawPointer, capacity: Int) -> Int {
+        precondition(!q.sendInFlight, "gathering from a queue with a send in flight")
+        var copied = 0
+        while copied < capacity && q.queuedChunks > 0 {
+            let c = chunk(q, 0)
+            let len = Int(c.pointee.length)
+            let n = min(len, capacity - copied)
+            (destination + copied).copyMemory(from: c.pointee.buffer.bytes + Int(c.pointee.offset), byteCount: n)
+            copied += n
+            q.queuedBytes -= n
+            if n == len {
+                pool.release(c.pointee.buffer)
+                q.head = (q.head &+ 1) & q.mask
+                q.queuedChunks -= 1
+            } else {
+                c.pointee.offset += Int32(n)
+                c.pointee.length -= Int32(n)
+            }
+        }
+        dropRingIfEmpty(&q)
+        return copied
     }
 
     /// Releases everything queued. Not while a send is in flight: the kernel still reads those

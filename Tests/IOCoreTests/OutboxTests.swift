@@ -123,6 +123,47 @@ private func frame(_ pool: FramePool, _ byte: UInt8, _ count: Int) -> FrameBuffe
         #expect(q.isEmpty && pool.outstanding == 0)
     }
 
+    @Test func dropUnsentKeepsTheRestOfAPartlySentFrame() {
+        let pool = FramePool()
+        let outbox = Outbox(pool: pool)
+        let loop = RecordingLoop()
+        var q = SendQueue()
+        outbox.append(frame(pool, 1, 3000), to: &q)
+        _ = outbox.submit(&q, fd: 0, tag: tag, on: loop)
+        #expect(outbox.complete(&q, result: 1000))
+        outbox.append(frame(pool, 2, 3000), to: &q)
+        // No send in flight now, but 2000 bytes of the first frame are still owed to the peer:
+        // dropping them would cut the frame in two on the wire.
+        outbox.dropUnsent(&q)
+        #expect(q.chunks == 1 && q.bytes == 2000)
+        _ = outbox.submit(&q, fd: 0, tag: tag, on: loop)
+        #expect(loop.sends[1] == [UInt8](repeating: 1, count: 2000))
+        #expect(outbox.complete(&q, result: 2000))
+        #expect(q.isEmpty && pool.outstanding == 0 && outbox.ringsInUse == 0)
+    }
+
+    @Test func gatherCopiesFromTheHeadUpToTheCapacityInOrder() {
+        let pool = FramePool()
+        let outbox = Outbox(pool: pool)
+        var q = SendQueue()
+        let sizes = [100, 5000, 20000, 7]
+        for (i, n) in sizes.enumerated() { outbox.append(frame(pool, UInt8(i + 1), n), to: &q) }
+        let expected = sizes.enumerated().flatMap { i, n in [UInt8](repeating: UInt8(i + 1), count: n) }
+        let dest = UnsafeMutableRawPointer.allocate(byteCount: 16384, alignment: 16)
+        defer { dest.deallocate() }
+        var out: [UInt8] = []
+        var pieces: [Int] = []
+        while !q.isEmpty {
+            let n = outbox.gather(&q, into: dest, capacity: 16384)
+            pieces.append(n)
+            out += UnsafeRawBufferPointer(start: dest, count: n)
+            #expect(q.bytes == expected.count - out.count)
+        }
+        #expect(pieces == [16384, 25107 - 16384])
+        #expect(out == expected)
+        #expect(pool.outstanding == 0 && outbox.ringsInUse == 0)
+    }
+
     @Test func aFailedSendReleasesEverything() {
         let pool = FramePool()
         let outbox = Outbox(pool: pool)
