@@ -31,6 +31,12 @@ let package = Package(
             linkerSettings: [.linkedLibrary("uring")]
         ),
         .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto"),
+        // TLS over memory (OpenSSL's libssl 3): sessions that never touch a descriptor, so every
+        // socket read and write stays on the shard's ring.
+        .target(
+            name: "CTLS",
+            linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
+        ),
         .target(
             name: "WireProtocol",
             dependencies: ["CLibCrypto"],
@@ -48,7 +54,7 @@ let package = Package(
         .target(
             name: "StateroomServer",
             dependencies: [
-                "IOCore", "WireProtocol", "Stateroom",
+                "IOCore", "WireProtocol", "Stateroom", "CTLS",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
@@ -77,7 +83,7 @@ let package = Package(
         .executableTarget(
             name: "stateroom-bench",
             dependencies: [
-                "IOCore", "WireProtocol",
+                "IOCore", "WireProtocol", "CTLS",
                 .product(name: "Histogram", package: "hdrhistogram-swift"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],

@@ -2,8 +2,8 @@ import IOCore
 import Stateroom
 import WireProtocol
 
-// Outbound frames, encoded once into pooled buffers. One of the two files of this module that
-// touch raw memory (the other is Inbound.swift): the payload is copied once, behind the header,
+// Outbound frames, encoded once into pooled buffers. One of the three files of this module that
+// touch raw memory (with Inbound.swift and TLS.swift): the payload is copied once, behind the header,
 // into a buffer every recipient's queue then references.
 
 extension FramePool {

@@ -4,8 +4,8 @@ import Stateroom
 import WireProtocol
 
 // The receive path: a received buffer, through the connection's transport, to the request-head
-// reader (front door) or the frame parser (room). One of the two files of this module that touch
-// raw memory (the other is Frames.swift): received bytes are borrowed views of the loop's
+// reader (front door) or the frame parser (room). One of the three files of this module that touch
+// raw memory (with Frames.swift and TLS.swift): received bytes are borrowed views of the loop's
 // provided buffer, valid until the buffer is recycled at the end of the completion.
 
 /// How a connection's bytes cross the wire: the seam between the socket and the protocol.
@@ -13,11 +13,13 @@ import WireProtocol
 /// Inbound, what the socket delivers passes through ``Shard/received(_:_:)`` before the request
 /// head reader or the frame parser sees it; outbound, every frame passes through
 /// ``Shard/enqueue(_:frame:force:)`` before the outbox queues it. Plain bytes are passed as they
-/// are. TLS adds a case holding its session: records opened into plaintext on the way in, frames
-/// sealed into records on the way out, at those two points and nowhere else.
+/// are. TLS holds its session: records opened into plaintext on the way in, frames sealed into
+/// records on the way out (at the end of the loop turn, see ``Shard/flushDirty()``).
 enum Transport {
     /// Bytes as they are.
     case plain
+    /// TLS (TLS.swift): records opened on the way in, frames sealed on the way out.
+    case tls(TLSSession)
 }
 
 extension Shard {
@@ -52,6 +54,7 @@ extension Shard {
         }
         if conn.recvArmed { return }
         // EOF or error: the peer is gone (or we shut the socket down).
+        if case .tls(let s) = conn.transport, !s.established, conn.state == .http { count(.tlsHandshakesAbandoned) }
         abort(conn)
     }
 
@@ -60,12 +63,18 @@ extension Shard {
     @inline(__always)
     func received(_ conn: Connection, _ bytes: UnsafeMutableRawBufferPointer) {
         switch conn.transport {
-        case .plain:
-            switch conn.state {
-            case .http: onHTTPBytes(conn, bytes)
-            case .open: onFrameBytes(conn, bytes)
-            case .parked, .closing, .dead: break
-            }
+        case .plain: deliver(conn, bytes)
+        case .tls(let session): tlsReceived(conn, session, bytes)
+        }
+    }
+
+    /// Plain bytes (as received, or opened from records) to the request-head reader or the frame parser.
+    @inline(__always)
+    func deliver(_ conn: Connection, _ bytes: UnsafeMutableRawBufferPointer) {
+        switch conn.state {
+        case .http: onHTTPBytes(conn, bytes)
+        case .open: onFrameBytes(conn, bytes)
+        case .parked, .closing, .dead: break
         }
     }
 
@@ -138,10 +147,14 @@ extension Shard {
         if rest.count > 0 { onFrameBytes(conn, rest) }
     }
 
-    /// ``upgrade(_:_:rest:)`` for a socket handed over by another shard with the bytes it had read.
+    /// ``upgrade(_:_:rest:)`` for a socket handed over by another shard with the bytes it had read
+    /// (plain bytes; with TLS, also ciphertext the session has not opened yet, which is opened now).
     func upgrade(_ conn: Connection, _ accepted: AcceptedUpgrade, rest: [UInt8]) {
         var rest = rest
         rest.withUnsafeMutableBytes { upgrade(conn, accepted, rest: $0) }
+        if case .tls(let session) = conn.transport, !session.carry.isEmpty {
+            tlsReceived(conn, session, UnsafeMutableRawBufferPointer(start: nil, count: 0))
+        }
     }
 
     private func onFrameBytes(_ conn: Connection, _ buf: UnsafeMutableRawBufferPointer) {

@@ -33,6 +33,14 @@ extension Shard {
                 Socket.close(c.result)
             } else {
                 let conn = adopt(fd: c.result)
+                if let context = tlsContext {
+                    guard let session = TLSSession(context) else {
+                        logger.error("cannot create a TLS session: \(TLSWorkspace.lastError())")
+                        abort(conn)
+                        return armAcceptIfNeeded(c)
+                    }
+                    conn.transport = .tls(session)
+                }
                 Socket.setNoDelay(conn.fd)
                 armReceive(conn, multishot: false)
                 // A connection gets this long from its accept to become a WebSocket.
@@ -58,6 +66,10 @@ extension Shard {
             }
             if e != ECANCELED { logger.error("accept failed: \(errnoDescription(e))") }
         }
+        armAcceptIfNeeded(c)
+    }
+
+    private func armAcceptIfNeeded(_ c: Completion) {
         if !accept.armed && !accept.paused { armAccept() }
     }
 
@@ -89,7 +101,7 @@ extension Shard {
         respond(conn, response, close: true)
     }
 
-    private func scheduleDeadline(_ conn: Connection, after seconds: Double) {
+    func scheduleDeadline(_ conn: Connection, after seconds: Double) {
         timers.schedule(at: now + Shard.nanos(seconds), .connectionDeadline(slot: conn.slot, generation: conn.generation))
     }
 
@@ -97,8 +109,12 @@ extension Shard {
     /// answers 101 without parsing the request again). No receive of ours is in flight on it (the
     /// head is read with single-shot receives); if a response to an earlier request is still
     /// queued or being sent, the socket is parked until that has drained.
+    /// A TLS session moves with the socket (the handshake ran here, where the request was read);
+    /// the move waits until this shard has finished opening the receive that held the request.
     func handOff(_ conn: Connection, to owner: Int, _ accepted: AcceptedUpgrade, rest: [UInt8]) {
-        if !conn.queue.isEmpty || conn.queue.sendInFlight {
+        var session: TLSSession?
+        if case .tls(let s) = conn.transport { session = s }
+        if conn.hasOutbound || conn.queue.sendInFlight || session?.busy == true {
             conn.state = .parked
             parked[conn.slot] = (owner, accepted, rest)
             scheduleDeadline(conn, after: config.closeTimeout)
@@ -108,12 +124,13 @@ extension Shard {
         let fd = conn.fd
         loop.forget(fd: fd)
         release(conn, closeDescriptor: false)
-        peers[owner].post(.handoff(fd: fd, accepted, rest: rest))
+        peers[owner].post(.handoff(fd: fd, accepted, rest: rest, tls: session))
     }
 
     /// A parked socket whose queue has drained moves on.
     func unparkIfDrained(_ conn: Connection) {
-        guard conn.state == .parked, conn.queue.isEmpty, !conn.queue.sendInFlight,
+        if case .tls(let s) = conn.transport, s.busy { return }
+        guard conn.state == .parked, !conn.hasOutbound, !conn.queue.sendInFlight,
               let p = parked.removeValue(forKey: conn.slot) else { return }
         handOff(conn, to: p.owner, p.upgrade, rest: p.rest)
     }
@@ -208,7 +225,7 @@ extension Shard {
         scheduleDeadline(conn, after: grace ?? config.closeTimeout)
     }
 
-    private func scheduleLeave(_ conn: Connection) {
+    func scheduleLeave(_ conn: Connection) {
         if conn.room != nil { pendingLeaves.append(conn) }
     }
 
@@ -222,6 +239,10 @@ extension Shard {
         Socket.shutdown(conn.fd, write: true, read: true)
         if conn.recvArmed { loop.cancel(conn.tag(.recv)) }
         if !conn.queue.sendInFlight { outbox.releaseAll(&conn.queue) }
+        if case .tls(let s) = conn.transport {
+            s.closeNotifyDone = true
+            outbox.releaseAll(&s.pending)
+        }
         finishIfIdle(conn)
     }
 
@@ -235,6 +256,11 @@ extension Shard {
     private func release(_ conn: Connection, closeDescriptor: Bool) {
         guard conns.remove(conn) else { return }
         outbox.releaseAll(&conn.queue)
+        if case .tls(let s) = conn.transport {
+            // Handed off, the session goes with the socket (its queue is empty then).
+            outbox.releaseAll(&s.pending)
+            if closeDescriptor { conn.transport = .plain }
+        }
         if conn.room != nil { scheduleLeave(conn) }
         count(.connectionsOpen, -1)
         if closeDescriptor {

@@ -8,6 +8,8 @@ final class ShardStats: Sendable {
         case roomsActive, roomsCreated, roomFailures, messagesReceived, framesQueued, bytesQueued
         case sendsSubmitted, slowClientCloses, protocolErrorCloses, heartbeatTimeouts, httpErrors
         case acceptErrors, pingsSent, sendsHeld, coalesceWindowMicros, busyPermille, upgradesRefused
+        case tlsHandshakes, tlsResumptions, tlsHandshakeFailures, tlsPlaintextRejected
+        case tlsHandshakeTimeouts, tlsHandshakesAbandoned, tlsRecordErrors
 
         var name: String {
             switch self {
@@ -33,6 +35,13 @@ final class ShardStats: Sendable {
             case .coalesceWindowMicros: "stateroom_coalesce_window_microseconds"
             case .busyPermille: "stateroom_shard_busy_permille"
             case .upgradesRefused: "stateroom_upgrades_refused_total"
+            case .tlsHandshakes: "stateroom_tls_handshakes_total"
+            case .tlsResumptions: "stateroom_tls_resumptions_total"
+            case .tlsHandshakeFailures: "stateroom_tls_handshake_failures_total"
+            case .tlsPlaintextRejected: "stateroom_tls_plaintext_rejected_total"
+            case .tlsHandshakeTimeouts: "stateroom_tls_handshake_timeouts_total"
+            case .tlsHandshakesAbandoned: "stateroom_tls_handshakes_abandoned_total"
+            case .tlsRecordErrors: "stateroom_tls_record_errors_total"
             }
         }
 
@@ -55,8 +64,9 @@ final class ShardStats: Sendable {
     func value(_ c: Counter) -> Int { values.withLock { $0[c.rawValue] } }
 }
 
-/// The Prometheus text exposition of all shards' counters, with a `shard` label and a sum.
-func renderMetrics(_ shards: [ShardStats]) -> String {
+/// The Prometheus text exposition of all shards' counters, with a `shard` label and a sum, then
+/// the process-wide ones.
+func renderMetrics(_ shards: [ShardStats], _ process: ProcessStats) -> String {
     var out = ""
     for c in ShardStats.Counter.allCases {
         out += "# TYPE \(c.name) \(c.isGauge ? "gauge" : "counter")\n"
@@ -67,6 +77,10 @@ func renderMetrics(_ shards: [ShardStats]) -> String {
             out += "\(c.name){shard=\"\(i)\"} \(v)\n"
         }
         if !c.isPerShard { out += "\(c.name) \(total)\n" }
+    }
+    for (name, value) in [("stateroom_tls_reloads_total", process.tlsReloads.load(ordering: .relaxed)),
+                          ("stateroom_tls_reload_failures_total", process.tlsReloadFailures.load(ordering: .relaxed))] {
+        out += "# TYPE \(name) counter\n\(name) \(value)\n"
     }
     return out
 }

@@ -41,17 +41,20 @@ extension Shard {
         let len = frame.count
         // A single frame larger than the cap still goes to a client that has drained its queue;
         // the cap is about a backlog building up behind a client that does not read.
-        if !force && conn.queue.bytes > 0 && conn.queue.bytes + len > config.maxPendingBytes {
+        let queued = conn.outboundBytes
+        if !force && queued > 0 && queued + len > config.maxPendingBytes {
             pool.release(frame)
             slowClient(conn)
             return
         }
         switch conn.transport {
         case .plain: outbox.append(frame, to: &conn.queue)
+        // Sealed with whatever else is queued by then, when the send is submitted (flushDirty).
+        case .tls(let session): outbox.append(frame, to: &session.pending)
         }
         count(.framesQueued)
         count(.bytesQueued, len)
-        _ = coalescer.queueGrew(conn, queuedBytes: conn.queue.bytes)
+        _ = coalescer.queueGrew(conn, queuedBytes: queued + len)
         markDirty(conn)
     }
 
@@ -69,8 +72,17 @@ extension Shard {
         guard conn.state == .open else { return }
         count(.slowClientCloses)
         logger.info("closing slow client \(conn.clientId) of room \(conn.room?.id ?? "?"): more than \(config.maxPendingBytes) bytes queued")
-        outbox.dropUnsent(&conn.queue)
+        dropUnsent(conn)
         closeWebSocket(conn, .policyViolation, reason: "too slow: outbound queue full", grace: config.slowClientGrace)
+    }
+
+    /// Drops what has not been handed to the kernel yet. With TLS only frames not yet sealed:
+    /// sealed records are part of the stream (a record left out would break every later one).
+    func dropUnsent(_ conn: Connection) {
+        switch conn.transport {
+        case .plain: outbox.dropUnsent(&conn.queue)
+        case .tls(let session): outbox.releaseAll(&session.pending)
+        }
     }
 
     /// Submits one gathered send per socket with frames queued this turn (the outbox gathers
@@ -83,15 +95,23 @@ extension Shard {
             i += 1
             conn.isDirty = false
             guard !conn.queue.sendInFlight, conn.state != .dead else { continue }
-            if conn.queue.isEmpty {
-                if conn.closeAfterFlush && !conn.writeShut { shutWrite(conn) }
-                continue
+            if !conn.hasOutbound {
+                // A closing TLS connection says close_notify before its FIN.
+                guard conn.closeAfterFlush && !conn.writeShut else { continue }
+                if !queueCloseNotify(conn) {
+                    shutWrite(conn)
+                    continue
+                }
             }
-            if coalescer.hold(conn, queuedFrames: conn.queue.chunks, queuedBytes: conn.queue.bytes,
+            if coalescer.hold(conn, queuedFrames: conn.outboundChunks, queuedBytes: conn.outboundBytes,
                               lastHeard: conn.lastHeard, closing: conn.closeAfterFlush, now: now) {
                 count(.sendsHeld)
                 continue
             }
+            if case .tls(let session) = conn.transport, !session.pending.isEmpty {
+                guard seal(conn, session) else { continue }
+            }
+            guard !conn.queue.isEmpty else { continue }
             let frames = outbox.submit(&conn.queue, fd: conn.fd, tag: conn.tag(.send), on: loop)
             coalescer.sent(conn, frames: frames, now: now)
             count(.sendsSubmitted)
@@ -111,7 +131,7 @@ extension Shard {
             finishIfIdle(conn)
             return
         }
-        if !conn.queue.isEmpty || conn.closeAfterFlush {
+        if conn.hasOutbound || conn.closeAfterFlush {
             markDirty(conn)
         } else if conn.state == .parked {
             unparkIfDrained(conn)

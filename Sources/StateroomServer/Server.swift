@@ -24,6 +24,9 @@ public final class Server: @unchecked Sendable {
     public private(set) var backend: EventLoopConfiguration.Backend = .uring
     private var shards: [Shard] = []
     private let logger: Logger
+    private let processStats = ProcessStats()
+    /// Serialises certificate reloads.
+    private let reloading = Mutex(())
 
     public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "stateroom")) {
         self.configuration = configuration
@@ -51,6 +54,10 @@ public final class Server: @unchecked Sendable {
         }
         backend = config.eventLoop.backend
         signal(SIGPIPE, SIG_IGN)
+        // A pair that cannot be served stops the start with the reason (expired, not matching,
+        // unreadable), before the port is bound.
+        let tls = try config.tls.map { try TLSContext($0) }
+        if let tls { logger.info("TLS: \(tls.summary)") }
 
         var listeners: [Int32] = []
         var boundPort = config.port
@@ -74,7 +81,8 @@ public final class Server: @unchecked Sendable {
         }
         for i in 0..<config.shards {
             shards.append(Shard(index: i, config: config, factory: factory, listenerFD: listeners[i],
-                                mailboxes: mailboxes, allStats: stats, logger: logger))
+                                mailboxes: mailboxes, allStats: stats, processStats: processStats,
+                                tls: tls, logger: logger))
         }
         // Pin shard i to the i-th CPU this process may use (respecting taskset/cgroup masks).
         let cpus = Socket.allowedCPUs
@@ -93,6 +101,26 @@ public final class Server: @unchecked Sendable {
     /// with 1012 (service restart), so they reconnect to the new service.
     public func reload(factory: any StateroomServiceFactory) {
         for s in shards { s.mailbox.post(.reload(factory)) }
+    }
+
+    /// Reads the certificate chain and key again (``ServerConfiguration/tls``) and presents them
+    /// to new connections; open connections keep the pair they started with. If the files cannot
+    /// be served, the old pair stays and the error (naming the file) is thrown and logged.
+    public func reloadTLS() throws {
+        guard let files = configuration.tls else { return }
+        try reloading.withLock { _ in
+            let context: TLSContext
+            do {
+                context = try TLSContext(files)
+            } catch {
+                processStats.tlsReloadFailures.add(1, ordering: .relaxed)
+                logger.error("TLS reload failed, keeping the current certificate: \(error)")
+                throw error
+            }
+            for s in shards { s.mailbox.post(.tlsContext(context)) }
+            processStats.tlsReloads.add(1, ordering: .relaxed)
+            logger.info("TLS reloaded: \(context.summary)")
+        }
     }
 
     /// Asks every shard to close its connections (1001) and stop, then waits for them.

@@ -40,6 +40,9 @@ public struct ServerConfiguration: Sendable {
     public var requestTimeout: Double = 10
     /// Seconds a closing connection waits for the peer's EOF.
     public var closeTimeout: Double = 5
+    /// Serve HTTPS and WSS on the port with this certificate chain and key (PEM); nil: plain.
+    /// ``Server/reloadTLS()`` reads the files again.
+    public var tls: TLSFiles?
     /// Directory served at `/` (static files), if any.
     public var staticDirectory: String?
     /// Decides every WebSocket upgrade that passed the protocol checks (accept, or refuse with a

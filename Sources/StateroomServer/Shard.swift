@@ -9,7 +9,10 @@ import WireProtocol
 enum ShardMessage: Sendable {
     /// A connection whose upgrade names a room this shard owns: its descriptor, the upgrade the
     /// accepting shard decided, and any bytes the client sent after the request head (frames).
-    case handoff(fd: Int32, AcceptedUpgrade, rest: [UInt8])
+    /// With TLS, the connection's session moves too.
+    case handoff(fd: Int32, AcceptedUpgrade, rest: [UInt8], tls: TLSSession?)
+    /// Present this certificate and key to new connections (a reload).
+    case tlsContext(TLSContext)
     /// Close every connection and stop the loop.
     case shutdown
     /// Serve new rooms from this factory; every open room ends and its clients get 1012.
@@ -59,6 +62,9 @@ final class Shard {
     /// owning their room, by slot.
     var parked: [UInt32: (owner: Int, upgrade: AcceptedUpgrade, rest: [UInt8])] = [:]
     var accept = AcceptState()
+    /// The certificate and key new connections get (nil: plain), and the shard's TLS scratch.
+    var tlsContext: TLSContext?
+    lazy var tlsWorkspace = TLSWorkspace()
     @exclusivity(unchecked) private var counters = [Int](repeating: 0, count: ShardStats.Counter.allCases.count)
     /// The loop turn's clock reading (monotonic nanoseconds).
     @exclusivity(unchecked) var now: UInt64 = monotonicNanos()
@@ -76,7 +82,9 @@ final class Shard {
     static let sweepInterval: UInt64 = 5_000_000_000
 
     init(index: Int, config: ServerConfiguration, factory: any StateroomServiceFactory,
-         listenerFD: Int32, mailboxes: [Mailbox<ShardMessage>], allStats: [ShardStats], logger: Logger) {
+         listenerFD: Int32, mailboxes: [Mailbox<ShardMessage>], allStats: [ShardStats],
+         processStats: ProcessStats, tls: TLSContext?, logger: Logger) {
+        self.tlsContext = tls
         self.index = index
         self.config = config
         self.listenerFD = listenerFD
@@ -95,7 +103,7 @@ final class Shard {
             holdBytesCap: min(64 << 10, config.maxPendingBytes / 2),
             maxFrames: Int32(Outbox.maxIOV), clock: SystemClock())
         self.frontDoor = FrontDoor(staticDirectory: config.staticDirectory, policy: config.upgradePolicy,
-                                   shards: mailboxes.count, metrics: { renderMetrics(allStats) })
+                                   shards: mailboxes.count, metrics: { renderMetrics(allStats, processStats) })
     }
 
     @inline(__always)
@@ -189,10 +197,14 @@ final class Shard {
     private func handleWake() {
         for m in mailbox.drain() {
             switch m {
-            case .handoff(let fd, let accepted, let rest):
+            case .handoff(let fd, let accepted, let rest, let tls):
                 if shuttingDown { Socket.close(fd); continue }
                 count(.handoffsIn)
-                upgrade(adopt(fd: fd), accepted, rest: rest)
+                let conn = adopt(fd: fd)
+                if let tls { conn.transport = .tls(tls) }
+                upgrade(conn, accepted, rest: rest)
+            case .tlsContext(let context):
+                tlsContext = context
             case .shutdown:
                 beginShutdown()
             case .reload(let factory):
@@ -216,7 +228,10 @@ final class Shard {
     private func runTimers() {
         while let r = requestDeadlines.first, r.at <= now {
             requestDeadlines.removeFirst()
-            if let conn = conns.lookup(slot: r.slot, generation: r.generation), conn.state == .http { abort(conn) }
+            if let conn = conns.lookup(slot: r.slot, generation: r.generation), conn.state == .http {
+                if case .tls(let s) = conn.transport, !s.established { count(.tlsHandshakeTimeouts) }
+                abort(conn)
+            }
         }
         // Give back a burst's worth of storage once the burst is over.
         if requestDeadlines.isEmpty && requestDeadlinesPeak > 1024 {
@@ -261,7 +276,7 @@ final class Shard {
             guard conn.state == .open else { return }
             if config.heartbeatTimeout > 0 && now &- conn.lastHeard > timeout {
                 count(.heartbeatTimeouts)
-                outbox.dropUnsent(&conn.queue)
+                dropUnsent(conn)
                 closeWebSocket(conn, .goingAway, reason: "heartbeat timeout", grace: 1)
                 return
             }

@@ -1,17 +1,19 @@
 import Glibc
 
-/// SIGINT and SIGTERM, blocked so that a thread can wait for them.
+/// SIGINT and SIGTERM (and SIGHUP, a reload request), blocked so that a thread can wait for them.
 ///
 /// Create it before ``Server/start(factory:)``: the mask is inherited by the shard threads, so
 /// the signals reach only the thread that calls ``wait(every:_:)``.
 public struct StopSignals {
     private var set = sigset_t()
 
-    /// Blocks SIGINT and SIGTERM in the calling thread (and the threads it starts afterwards).
-    public init() {
+    /// Blocks SIGINT and SIGTERM in the calling thread (and the threads it starts afterwards);
+    /// with `hangup`, SIGHUP too, which ``wait(every:_:)`` then returns like the others.
+    public init(hangup: Bool = false) {
         sigemptyset(&set)
         sigaddset(&set, SIGINT)
         sigaddset(&set, SIGTERM)
+        if hangup { sigaddset(&set, SIGHUP) }
         pthread_sigmask(SIG_BLOCK, &set, nil)
     }
 

@@ -44,6 +44,10 @@ struct StateroomServerCommand: ParsableCommand {
     var wasmCallbackBudget: Int = 100
     @Option(help: "Memory cap of one wasm room instance, in bytes.")
     var wasmMaxMemory: Int = 64 << 20
+    @Option(help: "Serve HTTPS and WSS with this certificate chain (PEM; with --tls-key). SIGHUP reloads it.")
+    var tlsCert: String?
+    @Option(help: "Private key (PEM, RSA or ECDSA) of --tls-cert.")
+    var tlsKey: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
     @Flag(help: "Do not pin shard threads to cores.")
@@ -60,6 +64,7 @@ struct StateroomServerCommand: ParsableCommand {
         if !(0...1000).contains(coalesceMaxMs) { throw ValidationError("--coalesce-max-ms must be between 0 and 1000") }
         if maxMessageSize < 1 { throw ValidationError("--max-message-size must be positive") }
         if maxPendingBytes < 1024 { throw ValidationError("--max-pending-bytes must be at least 1024") }
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
     }
 
     func run() throws {
@@ -85,6 +90,7 @@ struct StateroomServerCommand: ParsableCommand {
         config.staticDirectory = `static`
         config.requestTimeout = requestTimeout
         config.pinThreads = !noPin
+        if let tlsCert, let tlsKey { config.tls = TLSFiles(certificateChain: tlsCert, privateKey: tlsKey) }
 
         let factory: any StateroomServiceFactory
         let serviceName: String
@@ -102,7 +108,7 @@ struct StateroomServerCommand: ParsableCommand {
         }
 
         // Blocked before the shards start, so only this thread receives them.
-        let signals = StopSignals()
+        let signals = StopSignals(hangup: true)
 
         let server = Server(configuration: config, logger: logger)
         do {
@@ -111,10 +117,17 @@ struct StateroomServerCommand: ParsableCommand {
             writeStandardError("stateroom-server: \(error)\n")
             Glibc.exit(1)
         }
-        print("stateroom-server listening on http://\(host):\(server.port) (service: \(serviceName), shards: \(config.shards), io: \(server.backend.rawValue))")
+        let scheme = config.tls == nil ? "http" : "https"
+        print("stateroom-server listening on \(scheme)://\(host):\(server.port) (service: \(serviceName), shards: \(config.shards), io: \(server.backend.rawValue))")
         fflush(nil)
 
-        let sig = signals.wait()
+        var sig = signals.wait()
+        while sig == SIGHUP {
+            // A failed reload keeps the current pair; reloadTLS logs why.
+            if config.tls == nil { logger.info("SIGHUP: nothing to reload (no --tls-cert)") }
+            try? server.reloadTLS()
+            sig = signals.wait()
+        }
         logger.info("signal \(sig): shutting down")
         server.stop()
     }

@@ -55,12 +55,17 @@ struct ServerOptions: ParsableArguments {
     var wasmCallbackBudget: Int = 100
     @Option(help: "Memory cap of one room's instance, in bytes.")
     var wasmMaxMemory: Int = 64 << 20
+    @Option(help: "Serve HTTPS and WSS with this certificate chain (PEM; with --tls-key). SIGHUP reloads it.")
+    var tlsCert: String?
+    @Option(help: "Private key (PEM, RSA or ECDSA) of --tls-cert.")
+    var tlsKey: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
     func validate() throws {
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
         if let s = shards, s < 1 || s > 1024 { throw ValidationError("--shards must be between 1 and 1024") }
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
     }
 
     var limits: WasmLimits {
@@ -74,6 +79,7 @@ struct ServerOptions: ParsableArguments {
         if let s = shards ?? defaultShards { config.shards = s }
         config.staticDirectory = staticDirectory
         config.pinThreads = pin
+        if let tlsCert, let tlsKey { config.tls = TLSFiles(certificateChain: tlsCert, privateKey: tlsKey) }
         return config
     }
 
@@ -250,11 +256,11 @@ func loadFactory(_ path: String, limits: WasmLimits, logger: Logger) throws(CLIE
     }
 }
 
-/// Starts a server and waits for SIGINT/SIGTERM; with `tickMilliseconds`, calls `tick` that often
-/// on this thread (the dev loop's polling).
+/// Starts a server and waits for SIGINT/SIGTERM (SIGHUP reloads the TLS pair); with
+/// `tickMilliseconds`, calls `tick` that often on this thread (the dev loop's polling).
 func runServer(config: ServerConfiguration, factory: any StateroomServiceFactory, logger: Logger, banner: String,
                tickMilliseconds: Int?, tick: (Server) -> Void) throws(CLIError) {
-    let signals = StopSignals()
+    let signals = StopSignals(hangup: true)
     let server = Server(configuration: config, logger: logger)
     do {
         try server.start(factory: factory)
@@ -262,11 +268,12 @@ func runServer(config: ServerConfiguration, factory: any StateroomServiceFactory
         throw CLIError("cannot start the server: \(error)")
     }
     let shownHost = config.host == "0.0.0.0" ? "localhost" : config.host
-    print("\(banner): listening on http://\(shownHost):\(server.port) (/status, /ws[/<room>]\(config.staticDirectory.map { ", files from \(relative($0)) at /" } ?? ""); shards: \(config.shards))")
+    let scheme = config.tls == nil ? "http" : "https"
+    print("\(banner): listening on \(scheme)://\(shownHost):\(server.port) (/status, /ws[/<room>]\(config.staticDirectory.map { ", files from \(relative($0)) at /" } ?? ""); shards: \(config.shards))")
     fflush(nil)
-    signals.wait(every: tickMilliseconds) {
-        tick(server)
-        fflush(nil)
+    while signals.wait(every: tickMilliseconds, { tick(server); fflush(nil) }) == SIGHUP {
+        // A failed reload keeps the current pair; reloadTLS logs why.
+        try? server.reloadTLS()
     }
     logger.info("stopping")
     server.stop()
