@@ -4,6 +4,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -110,8 +111,18 @@ static int select_alpn(SSL *ssl, const unsigned char **out, unsigned char *outle
     return SSL_TLSEXT_ERR_NOACK;
 }
 
+/// 0 if `path` can be opened for reading, else writes why (the system's reason) into `err`.
+static int check_readable(const char *what, const char *path, char *err, size_t err_len) {
+    FILE *f = fopen(path, "r");
+    if (f) { fclose(f); return 0; }
+    snprintf(err, err_len, "cannot read %s %s: %s", what, path, strerror(errno));
+    return -1;
+}
+
 ctls_ctx *ctls_server_ctx_new(const char *cert_path, const char *key_path, char *err, size_t err_len) {
     ERR_clear_error();
+    if (check_readable("the certificate chain", cert_path, err, err_len) ||
+        check_readable("the private key", key_path, err, err_len)) return NULL;
     SSL_CTX *ctx = SSL_CTX_new(TLS_server_method());
     if (!ctx) { set_error(err, err_len, "cannot create a TLS context for", cert_path); return NULL; }
     SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);

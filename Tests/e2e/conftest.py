@@ -11,6 +11,11 @@ Generic on purpose (other test files will use it):
                         5 s) and the test FAILS if a server crashed (died of a signal other than
                         SIGTERM, or exited non-zero) - its stderr is printed.
 * ``server``          - a default server (counter service).
+* ``tls_pair``        - session fixture: a throwaway self-signed ECDSA P-256 pair (``TLSPair``: cert,
+                        key; CN=localhost, SAN DNS:localhost and IP:127.0.0.1) made with the openssl
+                        CLI; start a TLS server with ``server_factory(*pair.args())``. A server that
+                        announces ``https://`` gets ``wss://``/``https://`` from ``ws_url``/``http_url``.
+                        ``make_cert_pair`` makes more (RSA, other names) for the tests that need them.
 
 Env: ``STATEROOM_SERVER`` (binary path, default ``<repo>/.build/release/stateroom-server``),
 ``STATEROOM_IO`` (see above), ``STATEROOM_LOG_LEVEL`` (passed as ``--log-level`` if set).
@@ -24,6 +29,7 @@ import signal
 import subprocess
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_BINARY = REPO_ROOT / ".build" / "release" / "stateroom-server"
 READY_TIMEOUT = 20.0
 STOP_TIMEOUT = 5.0
-LISTEN_RE = re.compile(r"listening on http://(\[[^\]]*\]|[^\s:/]+):(\d+)")
+LISTEN_RE = re.compile(r"listening on (?P<scheme>https?)://(?P<host>\[[^\]]*\]|[^\s:/]+):(?P<port>\d+)")
 
 _OK_EXIT = {0, -signal.SIGTERM, 128 + signal.SIGTERM}
 
@@ -74,6 +80,7 @@ class ServerHandle:
         self.io = io
         self.host = "127.0.0.1"
         self.port: int | None = None
+        self.scheme = "http"  # "https" once the server announced a TLS listener
         self.stdout_path = workdir / "stdout.log"
         self.stderr_path = workdir / "stderr.log"
         self._out = open(self.stdout_path, "wb")
@@ -91,7 +98,8 @@ class ServerHandle:
             text = self.stdout_path.read_text("utf-8", "replace")
             m = LISTEN_RE.search(text)
             if m:
-                self.port = int(m.group(2))
+                self.port = int(m.group("port"))
+                self.scheme = m.group("scheme")
                 if self.port == 0:
                     raise RuntimeError(f"server reported port 0: {text!r}")
                 return
@@ -100,18 +108,24 @@ class ServerHandle:
                     f"server exited before it was ready ({_describe_exit(self.proc.returncode)})\n"
                     f"cmd: {' '.join(self.cmd)}\nstdout:\n{text}\nstderr:\n{self.stderr_text()}")
             time.sleep(0.02)
-        raise RuntimeError(f"server did not print 'listening on http://HOST:PORT' within {timeout}s\n"
+        raise RuntimeError(f"server did not print 'listening on http(s)://HOST:PORT' within {timeout}s\n"
                            f"cmd: {' '.join(self.cmd)}\nstdout:\n{self.stdout_path.read_text('utf-8', 'replace')}"
                            f"\nstderr:\n{self.stderr_text()}")
 
     # -- addresses -----------------------------------------------------------------------
 
+    @property
+    def tls(self) -> bool:
+        return self.scheme == "https"
+
     def ws_url(self, room: str | None = None) -> str:
-        """``ws://host:port/ws`` or ``/ws/<room>`` (``room`` is used verbatim: encode it yourself)."""
-        return f"ws://{self.host}:{self.port}/ws" + ("" if room is None else f"/{room}")
+        """``ws://host:port/ws`` or ``/ws/<room>`` (``room`` is used verbatim: encode it yourself);
+        ``wss://`` for a TLS server."""
+        scheme = "wss" if self.tls else "ws"
+        return f"{scheme}://{self.host}:{self.port}/ws" + ("" if room is None else f"/{room}")
 
     def http_url(self, path: str = "/") -> str:
-        return f"http://{self.host}:{self.port}{path}"
+        return f"{self.scheme}://{self.host}:{self.port}{path}"
 
     # -- state ---------------------------------------------------------------------------
 
@@ -132,6 +146,8 @@ class ServerHandle:
 
     def metric(self, *names: str) -> float | None:
         """Counter value by name from /metrics, or None (with a warning) if not exposed."""
+        if self.tls:  # a plaintext request would only be rejected (and counted) by a TLS port
+            raise RuntimeError("ServerHandle.metric() speaks plain HTTP; read a TLS server's /metrics over https")
         return wsraw.metric_value(self.host, self.port, *names)
 
     # -- shutdown ------------------------------------------------------------------------
@@ -163,6 +179,42 @@ class ServerHandle:
         if problem:
             problem += f"\ncmd: {' '.join(self.cmd)}\nstderr (tail):\n{self.stderr_text()}"
         return problem
+
+
+@dataclass(frozen=True)
+class TLSPair:
+    cert: Path
+    key: Path
+
+    def args(self) -> tuple[str, ...]:
+        return ("--tls-cert", str(self.cert), "--tls-key", str(self.key))
+
+
+def openssl(*args: str, cwd: Path | None = None, timeout: float = 30) -> str:
+    """Run the openssl CLI; fail with its stderr if it fails."""
+    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"openssl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
+    return proc.stdout
+
+
+def make_cert_pair(directory: Path, name: str, *, key_type: str = "ec", cn: str = "localhost",
+                   san: str = "DNS:localhost,IP:127.0.0.1", days: int = 30) -> TLSPair:
+    """A self-signed pair ``<name>.crt`` / ``<name>.key`` (PEM) in ``directory``: ``key_type``
+    "ec" (P-256) or "rsa" (2048 bits)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    newkey = (["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"] if key_type == "ec"
+              else ["-newkey", "rsa:2048"])
+    openssl("req", "-x509", *newkey, "-nodes", "-subj", f"/CN={cn}", "-addext", f"subjectAltName={san}",
+            "-days", str(days), "-keyout", str(key), "-out", str(cert))
+    return TLSPair(cert, key)
+
+
+@pytest.fixture(scope="session")
+def tls_pair(tmp_path_factory) -> TLSPair:
+    """A throwaway self-signed ECDSA P-256 pair for localhost / 127.0.0.1."""
+    return make_cert_pair(tmp_path_factory.mktemp("tls"), "server")
 
 
 @pytest.fixture(scope="session", params=io_backends())
