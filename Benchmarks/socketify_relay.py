@@ -7,15 +7,17 @@ single-threaded, so compare it with `stateroom-server --shards 1`, both pinned t
 
     pip install socketify          # needs Debian's libuv1 (apt-get install libuv1)
     taskset -c 0 python3 Benchmarks/socketify_relay.py --port 9001
+    taskset -c 0 python3 Benchmarks/socketify_relay.py --port 9443 --tls-cert cert.pem --tls-key key.pem
 
-Prints `listening on http://127.0.0.1:PORT` when ready (the line stateroom-bench --spawn and the e2e
-fixtures wait for).
+With `--tls-cert`/`--tls-key` (the flags of `stateroom-server`) it serves wss through uWebSockets' SSL
+app (OpenSSL underneath, as ours). Prints `listening on http://127.0.0.1:PORT` (`https://` with TLS)
+when ready, as `stateroom-server` does.
 """
 
 import argparse
 import sys
 
-from socketify import App, CompressOptions, OpCode
+from socketify import App, AppOptions, CompressOptions, OpCode
 
 
 def main() -> None:
@@ -24,9 +26,14 @@ def main() -> None:
     ap.add_argument("--port", type=int, default=9001)
     ap.add_argument("--max-payload", type=int, default=16 << 20, help="largest message (bytes)")
     ap.add_argument("--max-backpressure", type=int, default=4 << 20, help="queued bytes per socket")
+    ap.add_argument("--tls-cert", help="PEM certificate (chain): serve wss (needs --tls-key)")
+    ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
     args = ap.parse_args()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        ap.error("--tls-cert and --tls-key go together")
 
-    app = App()
+    tls = bool(args.tls_cert)
+    app = App(AppOptions(key_file_name=args.tls_key, cert_file_name=args.tls_cert)) if tls else App()
 
     def upgrade(res, req, socket_context):
         # Keep the room from the URL as the socket's user data, as stateroom-server routes /ws/<room>.
@@ -63,7 +70,7 @@ def main() -> None:
     app.any("/status", lambda res, req: res.end("ok"))
 
     def ready(config):
-        print(f"listening on http://{args.host}:{config.port}", flush=True)
+        print(f"listening on {'https' if tls else 'http'}://{args.host}:{config.port}", flush=True)
 
     app.listen({"port": args.port, "host": args.host}, ready)
     app.run()

@@ -1,10 +1,13 @@
 import Foundation
 import Glibc
 
-/// A server configuration to compare: a shell command with `{port}`.
+/// A server configuration to compare: a shell command with `{port}` (and, for a TLS server,
+/// `{cert}`/`{key}`, replaced before it gets here).
 struct Variant: Codable, Sendable {
     var name: String
     var command: String
+    /// Spoken to over TLS (wss).
+    var tls = false
 }
 
 /// A set of variants compared with each other on one scenario; the first is the baseline.
@@ -30,11 +33,16 @@ struct Medians: Codable, Sendable {
     var reordered: Int
     var failedRuns: Int
     var disturbedRuns: Int
+    /// Connection-rate runs: connections opened and closed per second, and CPU per connection.
+    var connectionsPerSecond: Double?
+    var serverMicrosecondsPerConnection: Double?
+    var benchMicrosecondsPerConnection: Double?
 }
 
 struct VariantReport: Codable, Sendable {
     var name: String
     var command: String
+    var tls: Bool
     var runs: [RunResult]
     var median: Medians
 }
@@ -42,10 +50,13 @@ struct VariantReport: Codable, Sendable {
 struct Ratio: Codable, Sendable {
     var variant: String
     var baseline: String
-    var deliveriesPerSecond: Double
+    /// nil in connection-rate groups (no messages).
+    var deliveriesPerSecond: Double?
     var p50: Double
     var p99: Double
     var serverCPUPerDelivery: Double?
+    var connectionsPerSecond: Double?
+    var serverCPUPerConnection: Double?
 }
 
 struct GroupReport: Codable, Sendable {
@@ -68,6 +79,8 @@ func medians(_ runs: [RunResult]) -> Medians {
     let cpu = runs.compactMap(\.serverCPUMicrosecondsPerDelivery)
     let util = runs.compactMap(\.serverCPUUtilization)
     let lag = runs.compactMap(\.senderLag?.p99Micros)
+    let rates = runs.compactMap(\.connectionRate)
+    let perConn = rates.compactMap(\.serverCPUMicrosecondsPerConnection)
     return Medians(
         deliveriesPerSecond: median(runs.map(\.deliveriesPerSecond)),
         p50Micros: median(runs.map(\.latency.p50Micros)),
@@ -81,15 +94,21 @@ func medians(_ runs: [RunResult]) -> Medians {
         lost: runs.map(\.lost).reduce(0, +),
         reordered: runs.map { $0.reordered + $0.gaps }.reduce(0, +),
         failedRuns: runs.filter { !$0.passed }.count,
-        disturbedRuns: runs.filter(\.disturbed).count)
+        disturbedRuns: runs.filter(\.disturbed).count,
+        connectionsPerSecond: rates.isEmpty ? nil : median(rates.map(\.perSecond)),
+        serverMicrosecondsPerConnection: perConn.isEmpty ? nil : median(perConn),
+        benchMicrosecondsPerConnection: rates.isEmpty ? nil : median(rates.map(\.benchCPUMicrosecondsPerConnection)))
 }
 
 /// Runs every variant of `group` on `scenario` for `rounds` interleaved rounds (ABBA order, a fresh
 /// server per run) and reports medians and ratios to the first variant.
-func runComparison(_ group: ComparisonGroup, scenario: Scenario, scenarioName: String, rounds: Int,
+func runComparison(_ group: ComparisonGroup, scenario: Scenario, scenarioName: String, rounds: Int, tls: TLSClient? = nil,
                    progress: ProgressPrinter, log: (String) -> Void) -> GroupReport {
     var runs = [[RunResult]](repeating: [], count: group.variants.count)
     var skipped = group.skipped
+    if skipped == nil && tls == nil && group.variants.contains(where: \.tls) {
+        skipped = "a TLS variant needs a TLS client context"
+    }
     if skipped == nil {
         outer: for round in 0..<rounds {
             let order = round % 2 == 0 ? Array(group.variants.indices) : group.variants.indices.reversed()
@@ -106,16 +125,22 @@ func runComparison(_ group: ComparisonGroup, scenario: Scenario, scenarioName: S
                         waitForQuietMachine(log: log)
                         let server = try SpawnedServer(command: v.command)
                         defer { server.stop() }
-                        r = try runScenario(scenario, endpoint: Endpoint(host: "127.0.0.1", port: server.port),
-                                            label: label, serverPid: server.pid, progress: progress)
+                        r = try runScenario(scenario, endpoint: Endpoint(host: "127.0.0.1", port: server.port, tls: v.tls),
+                                            tls: v.tls ? tls : nil, label: label, serverPid: server.pid, progress: progress)
                         if r.disturbed { log("  \(label): a compiler ran during the run\(attempt < 3 ? "; repeating it" : "; kept, marked disturbed")") }
                     } while r.disturbed && attempt < 3
                     var named = r
                     named.label = v.name
                     runs[i].append(named)
-                    log("  \(label): \(formatCount(r.deliveriesPerSecond)) deliveries/s, p99 \(Report.micros(r.latency.p99Micros)), "
-                        + "server \(r.serverCPUMicrosecondsPerDelivery.map { String(format: "%.3f", $0) } ?? "n/a") µs/delivery"
-                        + (r.passed ? "" : "  FAIL: " + r.failures.joined(separator: "; ")))
+                    if let c = r.connectionRate {
+                        log("  \(label): \(formatCount(c.perSecond)) connections/s, set-up p99 \(Report.micros(r.latency.p99Micros)), "
+                            + "server \(c.serverCPUMicrosecondsPerConnection.map { String(format: "%.1f", $0) } ?? "n/a") µs/connection"
+                            + (r.passed ? "" : "  FAIL: " + r.failures.joined(separator: "; ")))
+                    } else {
+                        log("  \(label): \(formatCount(r.deliveriesPerSecond)) deliveries/s, p99 \(Report.micros(r.latency.p99Micros)), "
+                            + "server \(r.serverCPUMicrosecondsPerDelivery.map { String(format: "%.3f", $0) } ?? "n/a") µs/delivery"
+                            + (r.passed ? "" : "  FAIL: " + r.failures.joined(separator: "; ")))
+                    }
                 } catch {
                     if round == 0 && runs[i].isEmpty {
                         skipped = "\(v.name) could not be run: \(error)"
@@ -128,7 +153,7 @@ func runComparison(_ group: ComparisonGroup, scenario: Scenario, scenarioName: S
     }
     var reports: [VariantReport] = []
     for (i, v) in group.variants.enumerated() {
-        reports.append(VariantReport(name: v.name, command: v.command, runs: runs[i], median: medians(runs[i])))
+        reports.append(VariantReport(name: v.name, command: v.command, tls: v.tls, runs: runs[i], median: medians(runs[i])))
     }
     var ratios: [Ratio] = []
     if skipped == nil, let base = reports.first {
@@ -136,8 +161,12 @@ func runComparison(_ group: ComparisonGroup, scenario: Scenario, scenarioName: S
             let a = base.median, b = r.median
             var cpu: Double?
             if let x = b.serverMicrosecondsPerDelivery, let y = a.serverMicrosecondsPerDelivery, y > 0 { cpu = x / y }
-            ratios.append(Ratio(variant: r.name, baseline: base.name, deliveriesPerSecond: b.deliveriesPerSecond / a.deliveriesPerSecond,
-                                p50: b.p50Micros / a.p50Micros, p99: b.p99Micros / a.p99Micros, serverCPUPerDelivery: cpu))
+            var connRate: Double?, connCPU: Double?
+            if let x = b.connectionsPerSecond, let y = a.connectionsPerSecond, y > 0 { connRate = x / y }
+            if let x = b.serverMicrosecondsPerConnection, let y = a.serverMicrosecondsPerConnection, y > 0 { connCPU = x / y }
+            ratios.append(Ratio(variant: r.name, baseline: base.name, deliveriesPerSecond: a.deliveriesPerSecond > 0 ? b.deliveriesPerSecond / a.deliveriesPerSecond : nil,
+                                p50: b.p50Micros / a.p50Micros, p99: b.p99Micros / a.p99Micros, serverCPUPerDelivery: cpu,
+                                connectionsPerSecond: connRate, serverCPUPerConnection: connCPU))
         }
     }
     return GroupReport(group: group.name, scenarioName: scenarioName, scenario: scenario, rounds: rounds,
@@ -147,6 +176,7 @@ func runComparison(_ group: ComparisonGroup, scenario: Scenario, scenarioName: S
 func comparisonTable(_ g: GroupReport) -> String {
     var out = "\(g.group) — \(g.scenarioName): \(g.scenario.summary); medians of \(g.rounds) interleaved rounds\n"
     if let why = g.skipped { return out + "SKIPPED: \(why)\n" }
+    if g.scenario.isConnectRate { return out + connectRateComparisonTable(g) }
     let openLoop = g.variants.contains { $0.median.benchSendLagP99Micros != nil }
     var header = ["variant", "deliveries/s", "p50", "p99", "p99.9", "server µs/delivery", "server CPU", "bench busiest thread"]
     if openLoop { header.append("bench send lag p99") }
@@ -164,7 +194,7 @@ func comparisonTable(_ g: GroupReport) -> String {
     }
     out += t.render() + "\n"
     for r in g.ratios {
-        out += "ratio \(r.variant) / \(r.baseline): deliveries/s \(String(format: "%.2f", r.deliveriesPerSecond))×, "
+        out += "ratio \(r.variant) / \(r.baseline): deliveries/s \(r.deliveriesPerSecond.map { String(format: "%.2f×", $0) } ?? "n/a"), "
             + "p50 \(String(format: "%.2f", r.p50))×, p99 \(String(format: "%.2f", r.p99))×, "
             + "server CPU per delivery \(r.serverCPUPerDelivery.map { String(format: "%.2f", $0) + "×" } ?? "n/a")\n"
     }
@@ -173,6 +203,36 @@ func comparisonTable(_ g: GroupReport) -> String {
     }
     if g.variants.contains(where: { $0.median.benchSaturatedRuns > 0 }) {
         out += "WARNING: the bench was saturated in some runs: compare by server CPU per delivery, not deliveries/s.\n"
+    }
+    return out
+}
+
+/// The body of a connection-rate comparison (after its title line).
+func connectRateComparisonTable(_ g: GroupReport) -> String {
+    var t = TextTable(header: ["variant", "TLS", "connections/s", "set-up p50", "set-up p99", "server µs/connection", "server CPU",
+                               "bench µs/connection", "bench busiest thread", "failed runs"])
+    for v in g.variants {
+        let m = v.median
+        let proto = v.runs.compactMap(\.tlsProtocol).first
+        t.rows.append([v.name, v.tls ? (proto ?? "yes") : "no", m.connectionsPerSecond.map(formatCount) ?? "n/a",
+                       Report.micros(m.p50Micros), Report.micros(m.p99Micros),
+                       m.serverMicrosecondsPerConnection.map { String(format: "%.1f", $0) } ?? "n/a",
+                       m.serverCPUUtilization.map { String(format: "%.0f%%", 100 * $0) } ?? "n/a",
+                       m.benchMicrosecondsPerConnection.map { String(format: "%.1f", $0) } ?? "n/a",
+                       String(format: "%.0f%%", 100 * m.benchCPUUtilization) + (m.benchSaturatedRuns > 0 ? " SATURATED" : ""),
+                       "\(m.failedRuns)/\(v.runs.count)"])
+    }
+    var out = t.render() + "\n"
+    for r in g.ratios {
+        out += "ratio \(r.variant) / \(r.baseline): connections/s \(r.connectionsPerSecond.map { String(format: "%.2f×", $0) } ?? "n/a"), "
+            + "set-up p50 \(String(format: "%.2f", r.p50))×, p99 \(String(format: "%.2f", r.p99))×, "
+            + "server CPU per connection \(r.serverCPUPerConnection.map { String(format: "%.2f×", $0) } ?? "n/a")\n"
+    }
+    if g.variants.contains(where: { $0.median.disturbedRuns > 0 }) {
+        out += "WARNING: a compiler ran on the machine during some runs (marked disturbed in the JSON).\n"
+    }
+    if g.variants.contains(where: { $0.median.benchSaturatedRuns > 0 }) {
+        out += "WARNING: the bench was saturated in some runs: compare by server CPU per connection, not connections/s.\n"
     }
     return out
 }

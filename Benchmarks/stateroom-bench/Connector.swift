@@ -1,35 +1,104 @@
+import CTLS
 import Foundation
 import Glibc
+import Histogram
 import IOCore
 import WireProtocol
 
-/// Opens WebSocket connections with plain syscalls: nonblocking `connect(2)`, the HTTP upgrade, and
+/// Opens WebSocket connections with plain syscalls: nonblocking `connect(2)`, with `--tls` the TLS
+/// handshake (ctls, memory-only sessions: this loop does every read and write), the HTTP upgrade, and
 /// `poll(2)` to wait, up to `window` handshakes in flight at once. Set-up only: the measured traffic
-/// runs on io_uring (``Worker``). Sockets are returned blocking (io_uring needs no O_NONBLOCK).
+/// runs on io_uring (``Worker``). Sockets are returned blocking (io_uring needs no O_NONBLOCK), with
+/// their TLS sessions.
+///
+/// ``churn(paths:progress:)`` is the connection-rate measurement: each connection is opened the same
+/// way, then closed with the close handshake (a close frame, the server's close and EOF), and its
+/// slot is refilled.
 struct Connector {
     let endpoint: Endpoint
     let window: Int
     let timeout: Double
+    /// The client context; required for a wss endpoint.
+    var tls: TLSClient?
+
+    init(endpoint: Endpoint, window: Int, timeout: Double, tls: TLSClient? = nil) {
+        self.endpoint = endpoint
+        self.window = window
+        self.timeout = timeout
+        self.tls = tls
+    }
 
     struct Result {
         /// One descriptor per requested connection, -1 where it failed.
         var fds: [Int32]
+        /// With TLS: the session of each descriptor (nil where it failed).
+        var sessions: [OpaquePointer?]
         var failed: Int
         var errors: [String: Int]
         var seconds: Double
+        /// The TLS version negotiated ("TLSv1.3"), nil without TLS.
+        var tlsProtocol: String?
     }
 
-    private enum Phase { case connecting, writing, reading, done }
+    struct ChurnResult {
+        /// Connections that completed the upgrade and then closed.
+        var completed: Int
+        var failed: Int
+        var errors: [String: Int]
+        var seconds: Double
+        /// Per connection, from connect(2) to the 101 response (ns).
+        var setup: Histogram<UInt64>
+        /// Connections whose close frame the server answered with its own before closing.
+        var closeAnswered: Int
+        var tlsProtocol: String?
+        /// CPU this thread used.
+        var cpuSeconds: Double
+    }
 
-    private struct Pending {
-        var index: Int
+    private enum Phase { case connecting, upgrading, closing, done }
+
+    /// One connection being opened (a class: its buffers are mutated in place).
+    private final class Pending {
+        let index: Int
         var fd: Int32
-        var phase: Phase
+        var phase: Phase = .connecting
+        var session: OpaquePointer?
+        /// The TLS handshake is over (always true without TLS).
+        var secured: Bool
+        /// The upgrade request, sent as soon as the connection is secured.
         var request: [UInt8]
+        /// Bytes waiting for the socket: the request, or ciphertext.
+        var outbox: [UInt8] = []
         var written = 0
+        /// Plaintext received: the response head, then (closing) the server's close frame.
         var response: [UInt8] = []
-        var accept: String
-        var started: UInt64
+        let accept: String
+        let started: UInt64
+        var sawCloseFrame = false
+
+        init(index: Int, fd: Int32, request: [UInt8], accept: String, secured: Bool) {
+            self.index = index
+            self.fd = fd
+            self.request = request
+            self.accept = accept
+            self.secured = secured
+            self.started = monotonicNanos()
+        }
+
+        var wantsToWrite: Bool { written < outbox.count }
+    }
+
+    /// What one `run` produced.
+    private struct Outcome {
+        var fds: [Int32]
+        var sessions: [OpaquePointer?]
+        var completed = 0
+        var failed = 0
+        var errors: [String: Int] = [:]
+        var seconds = 0.0
+        var setup = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000_000, numberOfSignificantValueDigits: .three)
+        var closeAnswered = 0
+        var tlsProtocol: String?
     }
 
     /// Resolves the endpoint once.
@@ -53,24 +122,192 @@ struct Connector {
 
     /// Opens `paths.count` connections (one per path) and returns them in the same order.
     func open(paths: [String], progress: (Int) -> Void) throws -> Result {
+        let o = try run(paths: paths, churn: false, progress: progress)
+        return Result(fds: o.fds, sessions: o.sessions, failed: o.failed, errors: o.errors, seconds: o.seconds, tlsProtocol: o.tlsProtocol)
+    }
+
+    /// Opens and closes one connection per path, `window` at a time (connection-rate measurement).
+    func churn(paths: [String], progress: (Int) -> Void) throws -> ChurnResult {
+        let cpu0 = threadCPUNanos()
+        let o = try run(paths: paths, churn: true, progress: progress)
+        return ChurnResult(completed: o.completed, failed: o.failed, errors: o.errors, seconds: o.seconds, setup: o.setup,
+                           closeAnswered: o.closeAnswered, tlsProtocol: o.tlsProtocol,
+                           cpuSeconds: Double(threadCPUNanos() - cpu0) / 1e9)
+    }
+
+    private func run(paths: [String], churn: Bool, progress: (Int) -> Void) throws -> Outcome {
+        if endpoint.tls && tls == nil { throw BenchError("a wss endpoint needs a TLS client context") }
         let addr = try address()
-        var fds = [Int32](repeating: -1, count: paths.count)
-        var errors: [String: Int] = [:]
-        var failed = 0
+        let tlsBuffers = endpoint.tls ? TLSBuffers(plainCapacity: 16 * 1024, outCapacity: 16 * 1024) : nil
+        var out = Outcome(fds: churn ? [] : [Int32](repeating: -1, count: paths.count),
+                          sessions: churn ? [] : [OpaquePointer?](repeating: nil, count: paths.count))
         var next = 0
         var pending: [Pending] = []
         var pollfds: [pollfd] = []
         let started = monotonicNanos()
-        let hostHeader = endpoint.port == 80 ? endpoint.host : "\(endpoint.host):\(endpoint.port)"
         var done = 0
         var lastReport = started
+        let receive = UnsafeMutableRawPointer.allocate(byteCount: 16 * 1024, alignment: 64)
+        defer { receive.deallocate() }
+        let serverName = endpoint.host
 
-        func fail(_ p: inout Pending, _ why: String) {
+        func fail(_ p: Pending, _ why: String) {
             if p.fd >= 0 { Glibc.close(p.fd) }
             p.fd = -1
+            if let s = p.session { ctls_conn_free(s) }
+            p.session = nil
             p.phase = .done
-            failed += 1
-            errors[why, default: 0] += 1
+            out.failed += 1
+            out.errors[why, default: 0] += 1
+        }
+
+        /// The connection is usable (open) or has closed cleanly (churn).
+        func finish(_ p: Pending) {
+            if churn {
+                Glibc.close(p.fd)
+                if let s = p.session { ctls_conn_free(s) }
+                p.fd = -1
+                p.session = nil
+                out.completed += 1
+                if p.sawCloseFrame { out.closeAnswered += 1 }
+            } else {
+                let flags = fcntl(p.fd, F_GETFL)
+                _ = fcntl(p.fd, F_SETFL, flags & ~O_NONBLOCK)
+                out.fds[p.index] = p.fd
+                out.sessions[p.index] = p.session
+                out.completed += 1
+            }
+            p.phase = .done
+            done += 1
+        }
+
+        /// Queues plaintext for the socket: sealed with TLS.
+        func queue(_ p: Pending, _ bytes: [UInt8]) -> Bool {
+            guard let session = p.session, let tb = tlsBuffers else {
+                p.outbox.append(contentsOf: bytes)
+                return true
+            }
+            let n = bytes.withUnsafeBytes { ctls_write(session, tb.io, $0.baseAddress, Int32($0.count)) }
+            tb.moveOut(to: &p.outbox)
+            return n == Int32(bytes.count)
+        }
+
+        /// The upgrade answer is in: check it, then hand the connection over or start closing it.
+        func upgraded(_ p: Pending, end: Int) {
+            let head = String(decoding: p.response[0..<end], as: UTF8.self)
+            // ("\r\n" is one Character in Swift.)
+            let status = head.prefix(while: { $0 != "\r\n" && $0 != "\n" })
+            guard status.hasPrefix("HTTP/1.1 101") else { return fail(p, "upgrade refused: \(status)") }
+            let accepted = head.split(separator: "\r\n").contains { line in
+                let parts = line.split(separator: ":", maxSplits: 1)
+                return parts.count == 2 && parts[0].lowercased() == "sec-websocket-accept"
+                    && parts[1].trimmingCharacters(in: .whitespaces) == p.accept
+            }
+            guard accepted else { return fail(p, "bad Sec-WebSocket-Accept") }
+            if p.response.count > end { return fail(p, "unexpected bytes after the 101 response") }
+            if out.tlsProtocol == nil, let s = p.session { out.tlsProtocol = String(cString: ctls_protocol(s)) }
+            if !churn { return finish(p) }
+            let now = monotonicNanos()
+            _ = out.setup.record(now > p.started ? now - p.started : 0)
+            p.response.removeAll(keepingCapacity: true)
+            p.phase = .closing
+            let close: [UInt8] = [0x88, 0x82, 0x11, 0x22, 0x33, 0x44, 0x03 ^ 0x11, 0xE8 ^ 0x22]  // 1000, masked
+            if !queue(p, close) { fail(p, "TLS write: \(tlsLastError())") }
+        }
+
+        /// Feeds received bytes: TLS handshake and records, then the response head or close frame.
+        func received(_ p: Pending, _ n: Int) {
+            var peerClosed = false
+            if let session = p.session, let tb = tlsBuffers {
+                tb.lend(receive, n)
+                defer { tb.endLoan() }
+                if !p.secured {
+                    let r = ctls_handshake(session, tb.io)
+                    tb.moveOut(to: &p.outbox)
+                    if r == CTLS_FAILED { return fail(p, "TLS handshake: \(tlsLastError())") }
+                    if r == 1 {
+                        p.secured = true
+                        // TLS 1.3: the request leaves with the client's Finished.
+                        if !queue(p, p.request) { return fail(p, "TLS write: \(tlsLastError())") }
+                    }
+                }
+                if p.secured {
+                    while true {
+                        let r = ctls_read(session, tb.io, tb.plain, Int32(tb.plainCapacity))
+                        tb.moveOut(to: &p.outbox)
+                        if r > 0 {
+                            p.response.append(contentsOf: UnsafeRawBufferPointer(start: tb.plain, count: Int(r)))
+                            continue
+                        }
+                        if r == CTLS_WANT_INPUT { break }
+                        if r == CTLS_CLOSED { peerClosed = true; break }
+                        return fail(p, "TLS: \(tlsLastError())")
+                    }
+                }
+            } else {
+                p.response.append(contentsOf: UnsafeRawBufferPointer(start: receive, count: n))
+            }
+            switch p.phase {
+            case .upgrading:
+                if let end = headEnd(p.response) {
+                    upgraded(p, end: end)
+                } else if peerClosed {
+                    fail(p, "closed during the handshake (close_notify)")
+                } else if p.response.count > 16384 {
+                    fail(p, "response head too large")
+                }
+            case .closing:
+                // The server's close frame (unmasked): 0x88, length, code.
+                if p.response.count >= 2 && p.response[0] == 0x88 { p.sawCloseFrame = true }
+                if peerClosed { finish(p) }
+            default:
+                break
+            }
+        }
+
+        func step(_ p: Pending, revents: Int16) {
+            if p.phase == .connecting {
+                var err: Int32 = 0
+                var len = socklen_t(4)
+                getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &err, &len)
+                if err != 0 { return fail(p, "connect: \(errnoDescription(err))") }
+                p.phase = .upgrading
+                if let tls, let tb = tlsBuffers {
+                    guard let s = tls.session(serverName: serverName) else { return fail(p, "TLS: cannot create a session") }
+                    p.session = s
+                    tb.endLoan()
+                    let r = ctls_handshake(s, tb.io)   // the ClientHello
+                    tb.moveOut(to: &p.outbox)
+                    if r == CTLS_FAILED { return fail(p, "TLS handshake: \(tlsLastError())") }
+                } else {
+                    p.outbox = p.request
+                }
+            } else if revents & Int16(POLLIN | POLLERR | POLLHUP) != 0 {
+                let n = Glibc.recv(p.fd, receive, 16 * 1024, 0)
+                if n < 0 {
+                    if errno == EAGAIN { return }
+                    if p.phase == .closing && errno == ECONNRESET { return finish(p) }
+                    return fail(p, "recv: \(errnoDescription(errno))")
+                }
+                if n == 0 {
+                    if p.phase == .closing { return finish(p) }
+                    return fail(p, "closed during the handshake")
+                }
+                received(p, n)
+                if p.phase == .done { return }
+            }
+            while p.wantsToWrite {
+                let sent = p.outbox.withUnsafeBytes { Glibc.send(p.fd, $0.baseAddress! + p.written, $0.count - p.written, Int32(MSG_NOSIGNAL)) }
+                if sent < 0 {
+                    if errno == EAGAIN { return }
+                    return fail(p, "send: \(errnoDescription(errno))")
+                }
+                p.written += sent
+            }
+            if p.written > 0 {
+                p.outbox.removeAll(keepingCapacity: true)
+                p.written = 0
+            }
         }
 
         while next < paths.count || !pending.isEmpty {
@@ -79,11 +316,11 @@ struct Connector {
                 let fd = socket(addr.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
                 let keyBytes = (0..<16).map { _ in UInt8.random(in: 0...255) }
                 let key = base64Encode(keyBytes)
-                let request = Array("GET \(paths[next]) HTTP/1.1\r\nHost: \(hostHeader)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n\r\n".utf8)
-                var p = Pending(index: next, fd: fd, phase: .connecting, request: request, accept: webSocketAccept(key: key), started: monotonicNanos())
+                let request = Array("GET \(paths[next]) HTTP/1.1\r\nHost: \(endpoint.hostHeader)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n\r\n".utf8)
+                let p = Pending(index: next, fd: fd, request: request, accept: webSocketAccept(key: key), secured: !endpoint.tls)
                 next += 1
                 if fd < 0 {
-                    fail(&p, "socket: \(errnoDescription(errno))")
+                    fail(p, "socket: \(errnoDescription(errno))")
                     continue
                 }
                 Socket.setNoDelay(fd)
@@ -91,36 +328,31 @@ struct Connector {
                 let rc = withUnsafePointer(to: &storage) {
                     $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, addr.length) }
                 }
-                if rc == 0 {
-                    p.phase = .writing
-                } else if errno != EINPROGRESS {
-                    fail(&p, "connect: \(errnoDescription(errno))")
+                if rc != 0 && errno != EINPROGRESS {
+                    fail(p, "connect: \(errnoDescription(errno))")
                     continue
                 }
                 pending.append(p)
+                if rc == 0 { step(p, revents: Int16(POLLOUT)) }
             }
+            pending.removeAll { $0.phase == .done }
             // Wait for progress on any of them.
             pollfds.removeAll(keepingCapacity: true)
             for p in pending {
-                let ev: Int16 = p.phase == .reading ? Int16(POLLIN) : Int16(POLLOUT)
+                let ev: Int16 = p.phase == .connecting || p.wantsToWrite ? Int16(POLLOUT) : Int16(POLLIN)
                 pollfds.append(pollfd(fd: p.fd, events: ev, revents: 0))
             }
-            _ = Glibc.poll(&pollfds, nfds_t(pollfds.count), 100)
+            if !pollfds.isEmpty { _ = Glibc.poll(&pollfds, nfds_t(pollfds.count), 100) }
             let now = monotonicNanos()
-            for i in pending.indices {
+            for (i, p) in pending.enumerated() {
                 let revents = pollfds[i].revents
-                var p = pending[i]
                 if revents == 0 {
-                    if Double(now - p.started) / 1e9 > timeout { fail(&p, "handshake timed out after \(Int(timeout)) s") }
-                    pending[i] = p
+                    if Double(now - p.started) / 1e9 > timeout {
+                        fail(p, p.phase == .closing ? "close not answered within \(Int(timeout)) s" : "handshake timed out after \(Int(timeout)) s")
+                    }
                     continue
                 }
-                step(&p, revents: revents, fail: fail)
-                if p.phase == .done && p.fd >= 0 {
-                    fds[p.index] = p.fd
-                    done += 1
-                }
-                pending[i] = p
+                step(p, revents: revents)
             }
             pending.removeAll { $0.phase == .done }
             if now - lastReport > 500_000_000 {
@@ -129,55 +361,8 @@ struct Connector {
             }
         }
         progress(done)
-        return Result(fds: fds, failed: failed, errors: errors, seconds: Double(monotonicNanos() - started) / 1e9)
-    }
-
-    private func step(_ p: inout Pending, revents: Int16, fail: (inout Pending, String) -> Void) {
-        if p.phase == .connecting {
-            var err: Int32 = 0
-            var len = socklen_t(4)
-            getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &err, &len)
-            if err != 0 { return fail(&p, "connect: \(errnoDescription(err))") }
-            p.phase = .writing
-        }
-        if p.phase == .writing {
-            let n = p.request.withUnsafeBytes { Glibc.send(p.fd, $0.baseAddress! + p.written, $0.count - p.written, Int32(MSG_NOSIGNAL)) }
-            if n < 0 {
-                if errno == EAGAIN { return }
-                return fail(&p, "send: \(errnoDescription(errno))")
-            }
-            p.written += n
-            if p.written == p.request.count { p.phase = .reading }
-            return
-        }
-        if p.phase == .reading {
-            var buf = [UInt8](repeating: 0, count: 4096)
-            // Read only up to the end of the head: nothing follows a 101 until we send.
-            let n = buf.withUnsafeMutableBytes { Glibc.recv(p.fd, $0.baseAddress!, $0.count, 0) }
-            if n < 0 {
-                if errno == EAGAIN { return }
-                return fail(&p, "recv: \(errnoDescription(errno))")
-            }
-            if n == 0 { return fail(&p, "closed during the handshake") }
-            p.response.append(contentsOf: buf[0..<n])
-            guard let end = headEnd(p.response) else {
-                if p.response.count > 16384 { fail(&p, "response head too large") }
-                return
-            }
-            let head = String(decoding: p.response[0..<end], as: UTF8.self)
-            let status = head.prefix(while: { $0 != "\r" })
-            guard status.hasPrefix("HTTP/1.1 101") else { return fail(&p, "upgrade refused: \(status)") }
-            let accepted = head.split(separator: "\r\n").contains { line in
-                let parts = line.split(separator: ":", maxSplits: 1)
-                return parts.count == 2 && parts[0].lowercased() == "sec-websocket-accept"
-                    && parts[1].trimmingCharacters(in: .whitespaces) == p.accept
-            }
-            guard accepted else { return fail(&p, "bad Sec-WebSocket-Accept") }
-            if p.response.count > end { return fail(&p, "unexpected bytes after the 101 response") }
-            let flags = fcntl(p.fd, F_GETFL)
-            _ = fcntl(p.fd, F_SETFL, flags & ~O_NONBLOCK)
-            p.phase = .done
-        }
+        out.seconds = Double(monotonicNanos() - started) / 1e9
+        return out
     }
 
     private func headEnd(_ b: [UInt8]) -> Int? {

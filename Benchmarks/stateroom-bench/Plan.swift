@@ -1,15 +1,26 @@
 import Foundation
 
-/// Where to connect: parsed from `ws://host:port[/prefix]`.
+/// Where to connect: parsed from `ws://host:port[/prefix]` or `wss://…` (TLS).
 struct Endpoint: Sendable, CustomStringConvertible {
     var host: String
     var port: UInt16
     /// Path before the room id: `/ws/` by default, so room 7 is `/ws/<roomPrefix>7`.
     var pathPrefix: String
+    /// wss: a TLS handshake (SNI and verification name = `host`) before the upgrade.
+    var tls: Bool
 
     init(url: String) throws {
-        guard url.hasPrefix("ws://") else { throw BenchError("--url must start with ws:// (got \(url))") }
-        var rest = Substring(url.dropFirst(5))
+        let tls: Bool
+        var rest: Substring
+        if url.hasPrefix("ws://") {
+            tls = false
+            rest = Substring(url.dropFirst(5))
+        } else if url.hasPrefix("wss://") {
+            tls = true
+            rest = Substring(url.dropFirst(6))
+        } else {
+            throw BenchError("--url must start with ws:// or wss:// (got \(url))")
+        }
         var path = "/ws/"
         if let slash = rest.firstIndex(of: "/") {
             let p = String(rest[slash...])
@@ -17,7 +28,7 @@ struct Endpoint: Sendable, CustomStringConvertible {
             if p != "/" && p != "/ws" && p != "/ws/" { path = p.hasSuffix("/") ? p : p + "/" }
         }
         var host = String(rest)
-        var port: UInt16 = 80
+        var port: UInt16 = tls ? 443 : 80
         if let colon = rest.lastIndex(of: ":"), !rest.hasSuffix("]") {
             host = String(rest[..<colon])
             guard let p = UInt16(rest[rest.index(after: colon)...]) else { throw BenchError("bad port in --url \(url)") }
@@ -27,15 +38,23 @@ struct Endpoint: Sendable, CustomStringConvertible {
         self.host = host
         self.port = port
         self.pathPrefix = path
+        self.tls = tls
     }
 
-    init(host: String, port: UInt16, pathPrefix: String = "/ws/") {
+    init(host: String, port: UInt16, pathPrefix: String = "/ws/", tls: Bool = false) {
         self.host = host
         self.port = port
         self.pathPrefix = pathPrefix
+        self.tls = tls
     }
 
-    var description: String { "ws://\(host.contains(":") ? "[\(host)]" : host):\(port)\(pathPrefix)" }
+    /// The Host header: the port only when it is not the scheme's default.
+    var hostHeader: String {
+        let h = host.contains(":") ? "[\(host)]" : host
+        return port == (tls ? 443 : 80) ? h : "\(h):\(port)"
+    }
+
+    var description: String { "\(tls ? "wss" : "ws")://\(host.contains(":") ? "[\(host)]" : host):\(port)\(pathPrefix)" }
 }
 
 /// One load scenario: who connects where and how messages are sent.
@@ -52,16 +71,35 @@ struct Scenario: Sendable, Codable {
     var roomPrefix = "bench-"
     /// Seconds to wait after the last send for outstanding deliveries.
     var drainTimeout = 10.0
+    /// Connection-rate run (`--scenario connect-rate`, `--connections N`): open and close this many
+    /// connections (connect, TLS handshake with --tls, upgrade, close handshake), no messages.
+    var connectCount: Int?
+    /// Connection-rate run: connections in flight at once, per load thread.
+    var connectWindow = 64
 
     var closedLoop: Bool { rate == nil }
     var connections: Int { rooms * clientsPerRoom }
+    var isConnectRate: Bool { connectCount != nil }
 
     var summary: String {
+        if let n = connectCount {
+            return "\(n) connections opened and closed (connect, handshake, upgrade, close), \(connectWindow) in flight"
+                + (threads > 1 ? " per thread × \(threads) threads" : "") + ", \(rooms) room\(rooms == 1 ? "" : "s")"
+        }
         let mode = rate.map { "\(formatCount($0)) msgs/s per sender" } ?? "closed loop"
         return "\(rooms) room\(rooms == 1 ? "" : "s") × \(clientsPerRoom) clients, \(senders) sender\(senders == 1 ? "" : "s")/room, \(size) B, \(mode)"
     }
 
     func validate() throws {
+        if let n = connectCount {
+            if n < 1 { throw BenchError("--connections must be at least 1") }
+            if rooms < 1 { throw BenchError("--rooms must be at least 1") }
+            if threads < 1 || threads > 64 { throw BenchError("--threads must be between 1 and 64") }
+            if connectWindow < 1 || connectWindow * threads > 10_000 {
+                throw BenchError("--connect-window must be at least 1 and at most 10,000 in flight over all threads")
+            }
+            return
+        }
         if rooms < 1 || clientsPerRoom < 1 { throw BenchError("--rooms and --clients-per-room must be at least 1") }
         if senders < 1 || senders > clientsPerRoom { throw BenchError("--senders must be between 1 and --clients-per-room") }
         if size < Payload.headerLength { throw BenchError("--size must be at least \(Payload.headerLength) bytes (timestamp, sender, sequence)") }
@@ -82,6 +120,9 @@ enum Preset: String, CaseIterable, Sendable {
     case rooms10At2000 = "rooms10-2000"
     case rooms100 = "rooms100"
     case large = "large-16k"
+    /// New connections per second: 2,000 connections (each: connect, TLS handshake with --tls,
+    /// upgrade, close handshake), 64 in flight.
+    case connectRate = "connect-rate"
 
     var scenario: Scenario {
         var s = Scenario()
@@ -92,6 +133,7 @@ enum Preset: String, CaseIterable, Sendable {
         case .rooms10At2000: s.rooms = 10; s.clientsPerRoom = 100; s.rate = 2000
         case .rooms100: s.rooms = 100; s.clientsPerRoom = 10
         case .large: s.rooms = 1; s.clientsPerRoom = 100; s.size = 16 * 1024
+        case .connectRate: s.rooms = 1; s.connectCount = 2000; s.connectWindow = 64
         }
         return s
     }

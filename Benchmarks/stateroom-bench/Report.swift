@@ -11,11 +11,54 @@ enum Report {
 
     static func optional(_ v: Double?, _ f: (Double) -> String) -> String { v.map(f) ?? "n/a" }
 
-    /// The report of one run, as a two-column table.
-    static func table(_ r: RunResult) -> String {
+    /// The report of a connection-rate run, as a two-column table.
+    static func connectRateTable(_ r: RunResult, _ c: RunResult.ConnectionRate) -> String {
         var rows: [(String, String)] = []
         rows.append(("server", r.label == r.url ? r.url : "\(r.label) (\(r.url))"))
         rows.append(("scenario", r.scenario.summary))
+        rows.append(("TLS", r.tls ? (r.tlsProtocol ?? "yes") : "no (plain)"))
+        rows.append(("connections", "\(c.completed) opened and closed, \(r.connectionsFailed) failed, in \(String(format: "%.2f", r.connectSeconds)) s"))
+        rows.append(("connections/s", formatCount(c.perSecond)))
+        rows.append(("close answered", "\(c.closeAnswered) of \(c.completed) (the server sent its close frame before closing)"))
+        let l = r.latency
+        rows.append(("set-up p50 / p90 / p99", "\(micros(l.p50Micros)) / \(micros(l.p90Micros)) / \(micros(l.p99Micros))  (connect to 101, \(l.count) connections)"))
+        if let cpu = r.serverCPUSeconds, let per = c.serverCPUMicrosecondsPerConnection {
+            rows.append(("server CPU", String(format: "%.2f s (%.0f%% of a core), %.1f µs per connection", cpu, 100 * cpu / max(r.windowSeconds, 1e-9), per)
+                + (cpu < 0.1 ? "  (under 10 clock ticks: imprecise, raise --connections)" : "")))
+            if let soft = r.serverSoftirqCPUSeconds {
+                rows.append(("  of which", String(format: "%.2f s ksoftirqd on the server's cores", soft)))
+            } else {
+                rows.append(("  of which", "the process only (ksoftirqd not counted: the server shares cores with the bench)"))
+            }
+        } else {
+            rows.append(("server CPU", "n/a (give --server-pid or --spawn)"))
+        }
+        rows.append(("bench CPU", String(format: "%.2f s (%.0f%% of a core; busiest thread %.0f%%), %.1f µs per connection", r.benchCPUSeconds,
+                                        100 * r.benchCPUUtilization, 100 * r.benchBusiestThreadUtilization, c.benchCPUMicrosecondsPerConnection)))
+        rows.append(("result", r.passed ? "PASS" : "FAIL: " + r.failures.joined(separator: "; ")))
+        var out = twoColumns(rows)
+        if r.disturbed {
+            out += "\n\nWARNING: a compiler (swift-build/swift-frontend) ran on this machine during the run: the numbers are suspect."
+        }
+        if r.benchSaturated {
+            out += "\n\nWARNING: the bench was saturated (a load thread busy \(Int(100 * r.benchBusiestThreadUtilization))% of the run): "
+                + "connections/s may show the bench, not the server. Compare servers by server CPU per connection."
+        }
+        return out
+    }
+
+    static func twoColumns(_ rows: [(String, String)]) -> String {
+        let w = rows.map { $0.0.count }.max() ?? 0
+        return rows.map { $0.0.padding(toLength: w, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(separator: "\n")
+    }
+
+    /// The report of one run, as a two-column table.
+    static func table(_ r: RunResult) -> String {
+        if let c = r.connectionRate { return connectRateTable(r, c) }
+        var rows: [(String, String)] = []
+        rows.append(("server", r.label == r.url ? r.url : "\(r.label) (\(r.url))"))
+        rows.append(("scenario", r.scenario.summary))
+        if r.tls { rows.append(("TLS", r.tlsProtocol ?? "yes")) }
         rows.append(("window", String(format: "%.1f s measured after %.1f s warm-up, %d load thread(s)", r.windowSeconds, r.scenario.warmup, r.scenario.threads)))
         rows.append(("connections", "\(r.connectionsEstablished) established, \(r.connectionsFailed) failed, \(formatCount(r.connectRate))/s"))
         rows.append(("messages sent", "\(r.messagesSent)"))
@@ -61,6 +104,8 @@ enum Report {
     static func json<T: Encodable>(_ value: T) -> String {
         let e = JSONEncoder()
         e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        // A median of no runs is NaN: written as a string rather than losing the whole report.
+        e.nonConformingFloatEncodingStrategy = .convertToString(positiveInfinity: "Infinity", negativeInfinity: "-Infinity", nan: "NaN")
         guard let d = try? e.encode(value) else { return "{}" }
         return String(decoding: d, as: UTF8.self)
     }

@@ -8,11 +8,18 @@ struct RunResult: Codable, Sendable {
     var label: String
     var url: String
     var scenario: Scenario
+    /// wss: TLS between the bench and the server.
+    var tls: Bool
+    /// The TLS version negotiated ("TLSv1.3"); nil without TLS.
+    var tlsProtocol: String?
     var connectionsRequested: Int
     var connectionsEstablished: Int
     var connectionsFailed: Int
     var connectSeconds: Double
+    /// Connections established per second (connection-rate runs: opened and closed per second).
     var connectRate: Double
+    /// Connection-rate runs (`connect-rate`, `--connections`) only.
+    var connectionRate: ConnectionRate?
     var messagesSent: Int
     var deliveriesExpected: Int
     var deliveriesReceived: Int
@@ -63,6 +70,18 @@ struct RunResult: Codable, Sendable {
         var meanMicros: Double
         /// (percentile, microseconds) points for the chart.
         var curve: [[Double]]
+    }
+
+    /// A connection-rate run: connections opened (connect, TLS handshake, upgrade) and closed (close
+    /// handshake) per second, and the CPU each cost. `latency` holds each connection's set-up time
+    /// (connect(2) to the 101) in such a run.
+    struct ConnectionRate: Codable, Sendable {
+        var completed: Int
+        var perSecond: Double
+        /// Connections whose close frame the server answered with its own before closing.
+        var closeAnswered: Int
+        var serverCPUMicrosecondsPerConnection: Double?
+        var benchCPUMicrosecondsPerConnection: Double
     }
 
     struct Lag: Codable, Sendable {
@@ -132,9 +151,61 @@ func ownCPUSeconds() -> Double {
     return Double(ru.ru_utime.tv_sec) + Double(ru.ru_utime.tv_usec) / 1e6 + Double(ru.ru_stime.tv_sec) + Double(ru.ru_stime.tv_usec) / 1e6
 }
 
-/// Runs one scenario against one endpoint.
-func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, serverPid: Int32?, progress: ProgressPrinter) throws -> RunResult {
+/// Server CPU seconds (the process plus its cores' ksoftirqd when those are the server's alone).
+struct ServerCPUMeter {
+    let pid: Int32?
+    let softirqPids: [Int32]?
+
+    init(pid: Int32?) {
+        self.pid = pid
+        softirqPids = pid.flatMap(softirqThreads)
+    }
+
+    struct Sample { var process: Double?; var softirq: Double? }
+
+    func sample() -> Sample {
+        var soft: Double?
+        if let pids = softirqPids {
+            var total = 0.0
+            var ok = true
+            for p in pids { guard let c = processCPUSeconds(p) else { ok = false; break }; total += c }
+            soft = ok ? total : nil
+        }
+        return Sample(process: pid.flatMap(processCPUSeconds), softirq: soft)
+    }
+
+    /// (server CPU including softirq, softirq part) between two samples.
+    static func between(_ a: Sample?, _ b: Sample?) -> (cpu: Double?, softirq: Double?) {
+        guard let pa = a?.process, let pb = b?.process else { return (nil, nil) }
+        if let sa = a?.softirq, let sb = b?.softirq { return (pb - pa + (sb - sa), sb - sa) }
+        return (pb - pa, nil)
+    }
+}
+
+func latencySummary(_ h: Histogram<UInt64>) -> RunResult.Latency {
+    func us(_ v: UInt64) -> Double { Double(v) / 1000 }
+    var curve: [[Double]] = []
+    if h.totalCount > 0 {
+        var p = 0.0
+        while p < 99.9999 {
+            curve.append([p, us(h.valueAtPercentile(p))])
+            p = 100 - (100 - p) / 1.25   // log steps towards 100
+        }
+        curve.append([100, us(h.max)])
+    }
+    return RunResult.Latency(
+        count: h.totalCount, p50Micros: us(h.valueAtPercentile(50)), p90Micros: us(h.valueAtPercentile(90)),
+        p99Micros: us(h.valueAtPercentile(99)), p999Micros: us(h.valueAtPercentile(99.9)), maxMicros: us(h.max),
+        meanMicros: h.totalCount > 0 ? h.mean / 1000 : 0, curve: curve)
+}
+
+/// Runs one scenario against one endpoint (`tls` is required for a wss endpoint).
+func runScenario(_ scenario: Scenario, endpoint: Endpoint, tls: TLSClient? = nil, label: String, serverPid: Int32?,
+                 progress: ProgressPrinter) throws -> RunResult {
     try scenario.validate()
+    if scenario.isConnectRate {
+        return try runConnectRate(scenario, endpoint: endpoint, tls: tls, label: label, serverPid: serverPid, progress: progress)
+    }
     raiseOpenFileLimit()
     var paths: [String] = []
     var rooms: [Int] = []
@@ -148,8 +219,8 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
             senderIndex.append(k < scenario.senders ? k : -1)
         }
     }
-    let connector = Connector(endpoint: endpoint, window: 256, timeout: 15)
-    let opened = try connector.open(paths: paths) { n in
+    let connector = Connector(endpoint: endpoint, window: 256, timeout: 15, tls: tls)
+    var opened = try connector.open(paths: paths) { n in
         progress.line("[\(label)] connecting: \(n)/\(paths.count)")
     }
     progress.end()
@@ -167,8 +238,10 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
     var templateKey: UInt8 = 1
     for (i, fd) in opened.fds.enumerated() where fd >= 0 {
         let w = scenario.rooms >= threads ? rooms[i] % threads : i % threads
-        let c = Conn(slot: UInt32(perWorker[w].count), fd: fd, room: rooms[i], senderIndex: senderIndex[i],
+        // The Conn owns the TLS session from here (frees it).
+        let c = Conn(slot: UInt32(perWorker[w].count), fd: fd, tls: opened.sessions[i], room: rooms[i], senderIndex: senderIndex[i],
                      sendersPerRoom: scenario.senders, frameSize: scenario.size + 14)
+        opened.sessions[i] = nil
         if senderIndex[i] >= 0 {
             templateKey = templateKey &+ 37
             c.template = Payload.Template(size: scenario.size, key: (templateKey, 0x5A, templateKey ^ 0xA5, 0x3C))
@@ -270,21 +343,8 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
     var expected = 0
     for w in workers { for s in w.senders { expected += s.sentCount * roomSizes[s.room] } }
     let window = scenario.duration
-    let h = total.histogram
+    let latency = latencySummary(total.histogram)
     func us(_ v: UInt64) -> Double { Double(v) / 1000 }
-    var curve: [[Double]] = []
-    if h.totalCount > 0 {
-        var p = 0.0
-        while p < 99.9999 {
-            curve.append([p, us(h.valueAtPercentile(p))])
-            p = 100 - (100 - p) / 1.25   // log steps towards 100
-        }
-        curve.append([100, us(h.max)])
-    }
-    let latency = RunResult.Latency(
-        count: h.totalCount, p50Micros: us(h.valueAtPercentile(50)), p90Micros: us(h.valueAtPercentile(90)),
-        p99Micros: us(h.valueAtPercentile(99)), p999Micros: us(h.valueAtPercentile(99.9)), maxMicros: us(h.max),
-        meanMicros: h.totalCount > 0 ? h.mean / 1000 : 0, curve: curve)
     let lagH = total.senderLag
     let senderLag = scenario.closedLoop ? nil : RunResult.Lag(
         count: lagH.totalCount, p50Micros: us(lagH.valueAtPercentile(50)),
@@ -316,9 +376,9 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, label: String, server
     if total.sent == 0 { failures.append("no message was sent") }
     let established = opened.fds.filter { $0 >= 0 }.count
     return RunResult(
-        label: label, url: endpoint.description, scenario: scenario,
+        label: label, url: endpoint.description, scenario: scenario, tls: endpoint.tls, tlsProtocol: opened.tlsProtocol,
         connectionsRequested: paths.count, connectionsEstablished: established, connectionsFailed: opened.failed,
-        connectSeconds: opened.seconds, connectRate: Double(established) / max(opened.seconds, 1e-9),
+        connectSeconds: opened.seconds, connectRate: Double(established) / max(opened.seconds, 1e-9), connectionRate: nil,
         messagesSent: total.sent, deliveriesExpected: expected, deliveriesReceived: total.received,
         lost: lost, gaps: total.gaps, reordered: total.reordered, foreign: total.foreign,
         closedDuringRun: total.closed, errors: total.errors.merging(opened.errors) { $0 + $1 },

@@ -1,3 +1,4 @@
+import CTLS
 import Glibc
 import Histogram
 import IOCore
@@ -36,6 +37,9 @@ final class Conn {
     let globalSender: UInt32
     var parser = FrameParser(role: .client, maxMessageSize: 64 << 20)
     var alive = true
+    /// The TLS session (wss), nil for plain. With one, `pending`/`flight` hold ciphertext (frames
+    /// are sealed as they are queued) and received bytes are opened before the parser reads them.
+    let tls: OpaquePointer?
 
     // Outbound: frames are appended to `pending`; at most one send in flight (`flight`), and when it
     // completes everything appended meanwhile goes out in the next single send (gathered per socket).
@@ -63,9 +67,10 @@ final class Conn {
     /// Per sender of the room: the next sequence number expected.
     var expect: [UInt32]
 
-    init(slot: UInt32, fd: Int32, room: Int, senderIndex: Int, sendersPerRoom: Int, frameSize: Int) {
+    init(slot: UInt32, fd: Int32, tls: OpaquePointer? = nil, room: Int, senderIndex: Int, sendersPerRoom: Int, frameSize: Int) {
         self.slot = slot
         self.fd = fd
+        self.tls = tls
         self.room = room
         self.senderIndex = senderIndex
         self.globalSender = UInt32(room * sendersPerRoom + max(senderIndex, 0))
@@ -82,6 +87,7 @@ final class Conn {
     }
 
     deinit {
+        if let tls { ctls_conn_free(tls) }
         pending.deallocate()
         flight.deallocate()
         msg.deallocate()
@@ -122,7 +128,11 @@ struct WorkerTally {
 /// clock and checks every message it receives: latency into an HdrHistogram, per-sender order.
 ///
 /// The hot path allocates nothing: frames are stamped from a pre-masked template into the socket's
-/// pending buffer, received frames are parsed in place in the ring's provided buffers.
+/// pending buffer, received frames are parsed in place in the ring's provided buffers. With TLS a
+/// frame is stamped into the thread's scratch and sealed (one record per message, as a browser's
+/// `send` makes) through the thread's one `ctls_io`, whose ciphertext is copied to the socket's
+/// pending buffer; received ciphertext is lent to the session and opened into the thread's
+/// plaintext buffer, which the parser reads in place (OpenSSL keeps a partial record in the session).
 final class Worker: @unchecked Sendable {
     // @unchecked Sendable: handed to its thread once; the main thread reads `tally` only after
     // the thread has finished (joined through a semaphore).
@@ -138,6 +148,10 @@ final class Worker: @unchecked Sendable {
     private var stopped = false
     private let interval: UInt64
     private var startError: String?
+    /// TLS: the thread's ctls_io and plaintext buffer (nil without TLS).
+    private var tlsBuffers: TLSBuffers?
+    /// TLS: a sender's message is stamped here, then sealed.
+    private var stamp: UnsafeMutableRawPointer?
 
     init(conns: [Conn], scenario: Scenario, clock: RunClock, shared: SharedState, roomSizes: [Int]) {
         self.conns = conns
@@ -149,6 +163,8 @@ final class Worker: @unchecked Sendable {
         self.interval = scenario.rate.map { UInt64(1e9 / $0) } ?? 0
         dirty.reserveCapacity(conns.count)
     }
+
+    deinit { stamp?.deallocate() }
 
     func run() {
         var config = EventLoopConfiguration()
@@ -162,6 +178,10 @@ final class Worker: @unchecked Sendable {
             tally.errors["io_uring: \(error)", default: 0] += 1
             shared.stoppedWorkers.add(1, ordering: .relaxed)
             return
+        }
+        if conns.contains(where: { $0.tls != nil }) {
+            tlsBuffers = TLSBuffers(plainCapacity: 64 * 1024, outCapacity: max(64 * 1024, 2 * (scenario.size + 14)))
+            stamp = .allocate(byteCount: scenario.size + 14, alignment: 64)
         }
         for c in conns {
             loop.armReceive(fd: c.fd, tag: Tag(op: .recv, slot: c.slot, generation: 0), multishot: true)
@@ -211,7 +231,8 @@ final class Worker: @unchecked Sendable {
                         earliest = min(earliest, s.nextDue)
                     }
                     now = monotonicNanos()
-                    let untilDue = earliest > now ? Int64(earliest - now) : 0
+                    // (UInt64.max when no sender is alive: every connection failed.)
+                    let untilDue = earliest > now ? Int64(min(earliest - now, UInt64(wait))) : 0
                     wait = min(wait, untilDue, Int64(clock.measureEnd > now ? clock.measureEnd - now : 0))
                 }
             }
@@ -229,18 +250,59 @@ final class Worker: @unchecked Sendable {
         }
     }
 
-    /// Appends the sender's next message, stamped with `time`, to its pending buffer.
+    /// Appends the sender's next message, stamped with `time`, to its pending buffer (sealed with TLS).
     @inline(__always)
     private func sendNext(_ s: Conn, time: UInt64) {
         guard let t = s.template, s.alive else { return }
-        s.reserve(t.count)
-        if s.pendingSince == 0 { s.pendingSince = time }
-        s.pendingLen += Payload.write(t, to: s.pending + s.pendingLen, time: time, sender: s.globalSender, sequence: s.nextSeq)
+        if let session = s.tls, let tb = tlsBuffers, let stamp {
+            let n = Payload.write(t, to: stamp, time: time, sender: s.globalSender, sequence: s.nextSeq)
+            guard ctls_write(session, tb.io, stamp, Int32(n)) == Int32(n) else {
+                tb.clearOut()
+                fail(s, "TLS write failed: \(tlsLastError())")
+                return
+            }
+            if s.pendingSince == 0 { s.pendingSince = time }
+            appendSealed(s, tb)
+        } else {
+            s.reserve(t.count)
+            if s.pendingSince == 0 { s.pendingSince = time }
+            s.pendingLen += Payload.write(t, to: s.pending + s.pendingLen, time: time, sender: s.globalSender, sequence: s.nextSeq)
+        }
         s.nextSeq &+= 1
         s.sentCount += 1
         s.awaitingEcho = true
         tally.sent += 1
         markDirty(s)
+    }
+
+    /// Moves the ciphertext the last ctls call produced to `c`'s pending bytes.
+    @inline(__always)
+    private func appendSealed(_ c: Conn, _ tb: TLSBuffers) {
+        let n = tb.outCount
+        guard n > 0 else { return }
+        c.reserve(n)
+        (c.pending + c.pendingLen).copyMemory(from: tb.outBytes, byteCount: n)
+        c.pendingLen += n
+        tb.clearOut()
+        markDirty(c)
+    }
+
+    /// Queues a control frame (plaintext, or sealed with TLS).
+    private func queueFrame(_ c: Conn, _ frame: [UInt8]) {
+        if let session = c.tls, let tb = tlsBuffers {
+            let ok = frame.withUnsafeBytes { ctls_write(session, tb.io, $0.baseAddress, Int32($0.count)) } == Int32(frame.count)
+            guard ok else {
+                tb.clearOut()
+                fail(c, "TLS write failed: \(tlsLastError())")
+                return
+            }
+            appendSealed(c, tb)
+            return
+        }
+        c.reserve(frame.count)
+        frame.withUnsafeBytes { (c.pending + c.pendingLen).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        c.pendingLen += frame.count
+        markDirty(c)
     }
 
     @inline(__always)
@@ -304,7 +366,9 @@ final class Worker: @unchecked Sendable {
         case .recv:
             if comp.result > 0, let id = comp.bufferID {
                 let buf = loop.buffer(id, count: Int(comp.result))
-                if c.alive { parse(c, buf) }
+                if c.alive {
+                    if c.tls != nil { open(c, buf) } else { parse(c, buf) }
+                }
                 loop.recycle(id)
             } else if comp.result == 0 {
                 fail(c, "server closed the connection")
@@ -329,6 +393,48 @@ final class Worker: @unchecked Sendable {
                 markDirty(c)
             }
         default:
+            break
+        }
+    }
+
+    /// Opens the TLS records in `buf` (ciphertext as received: records may be split across
+    /// receives, the session keeps the partial one) and parses their plaintext, several records
+    /// per parser call.
+    private func open(_ c: Conn, _ buf: UnsafeMutableRawBufferPointer) {
+        guard let session = c.tls, let tb = tlsBuffers, let base = buf.baseAddress else { return }
+        tb.lend(base, buf.count)
+        defer { tb.endLoan() }
+        let plain = tb.plain
+        let capacity = tb.plainCapacity
+        var filled = 0
+        while c.alive {
+            let room = capacity - filled
+            let r = ctls_read(session, tb.io, plain + filled, Int32(room))
+            // Key updates and alerts the session answers while reading.
+            if tb.outCount > 0 { appendSealed(c, tb) }
+            if r > 0 {
+                filled += Int(r)
+                // All input taken and the record fitted: nothing more can come out until the next
+                // receive (OpenSSL reads a record's bytes as it needs them, no read-ahead), so the
+                // call that would only say "want input" is skipped.
+                let exhausted = tb.unread == 0 && Int(r) < room
+                if exhausted || capacity - filled < 16 * 1024 {
+                    parse(c, UnsafeMutableRawBufferPointer(start: plain, count: filled))
+                    filled = 0
+                }
+                if exhausted { break }
+                continue
+            }
+            if filled > 0 && c.alive {
+                parse(c, UnsafeMutableRawBufferPointer(start: plain, count: filled))
+                filled = 0
+            }
+            if r == CTLS_WANT_INPUT { break }
+            if r == CTLS_CLOSED {
+                fail(c, "server sent TLS close_notify")
+            } else {
+                fail(c, "TLS record rejected: \(tlsLastError())")
+            }
             break
         }
     }
@@ -374,10 +480,7 @@ final class Worker: @unchecked Sendable {
             case .ping(let data):
                 var pong: [UInt8] = []
                 encodeClientFrame(opcode: .pong, payload: UnsafeRawBufferPointer(data), maskKey: (1, 2, 3, 4), into: &pong)
-                c.reserve(pong.count)
-                pong.withUnsafeBytes { (c.pending + c.pendingLen).copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-                c.pendingLen += pong.count
-                markDirty(c)
+                queueFrame(c, pong)
             case .pong:
                 continue
             case .close(let code, _):

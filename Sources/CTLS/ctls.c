@@ -212,10 +212,12 @@ ctls_conn *ctls_conn_new(ctls_ctx *ctx, const char *server_name) {
     BIO_up_ref(bio);
     SSL_set_bio(ssl, bio, bio);  // one BIO both ways; SSL_set_bio takes both references
     if (server_name) {
-        SSL_set_tlsext_host_name(ssl, server_name);
         X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
         if (X509_VERIFY_PARAM_set1_ip_asc(param, server_name) != 1) {
+            // A host name: sent as SNI and checked against the certificate. An IP address is
+            // only checked (RFC 6066 does not allow one in SNI).
             ERR_clear_error();
+            SSL_set_tlsext_host_name(ssl, server_name);
             SSL_set1_host(ssl, server_name);
         }
         SSL_set_connect_state(ssl);
