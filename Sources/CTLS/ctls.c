@@ -229,10 +229,21 @@ ctls_conn *ctls_conn_new(ctls_ctx *ctx, const char *server_name) {
 
 void ctls_conn_free(ctls_conn *conn) { SSL_free((SSL *)conn); }
 
+// The reason of this thread's last failure, kept so that OpenSSL's error queue can be emptied at
+// once: SSL_get_error needs an empty queue before each call, and emptying it after every call
+// (rather than only after a failure) costs a thread-local lookup per record.
+static __thread char last_error[256];
+
+static void keep_error(void) {
+    unsigned long e = ERR_peek_last_error();
+    if (e) ERR_error_string_n(e, last_error, sizeof last_error);
+    else snprintf(last_error, sizeof last_error, "unknown TLS failure");
+    ERR_clear_error();
+}
+
 static inline SSL *bind_io(ctls_conn *conn, ctls_io *io) {
     SSL *ssl = (SSL *)conn;
     BIO_set_data(SSL_get_rbio(ssl), io);
-    ERR_clear_error();
     return ssl;
 }
 
@@ -247,6 +258,7 @@ int ctls_handshake(ctls_conn *conn, ctls_io *io) {
     } else {
         int e = SSL_get_error(ssl, r);
         result = (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) ? CTLS_WANT_INPUT : CTLS_FAILED;
+        if (result == CTLS_FAILED) keep_error();
     }
     unbind_io(ssl);
     return result;
@@ -261,7 +273,7 @@ int ctls_read(ctls_conn *conn, ctls_io *io, void *buf, int cap) {
         case SSL_ERROR_WANT_READ:
         case SSL_ERROR_WANT_WRITE: result = CTLS_WANT_INPUT; break;
         case SSL_ERROR_ZERO_RETURN: result = CTLS_CLOSED; break;
-        default: result = CTLS_FAILED; break;
+        default: result = CTLS_FAILED; keep_error(); break;
         }
     }
     unbind_io(ssl);
@@ -272,13 +284,13 @@ int ctls_write(ctls_conn *conn, ctls_io *io, const void *buf, int len) {
     SSL *ssl = bind_io(conn, io);
     int r = len > 0 ? SSL_write(ssl, buf, len) : 0;
     unbind_io(ssl);
-    return r == len ? len : CTLS_FAILED;
+    if (r != len) { keep_error(); return CTLS_FAILED; }
+    return len;
 }
 
 void ctls_close_notify(ctls_conn *conn, ctls_io *io) {
     SSL *ssl = bind_io(conn, io);
-    (void)SSL_shutdown(ssl);
-    ERR_clear_error();
+    if (SSL_shutdown(ssl) < 0) keep_error();
     unbind_io(ssl);
 }
 
@@ -289,10 +301,8 @@ int ctls_resumed(ctls_conn *conn) { return SSL_session_reused((SSL *)conn); }
 const char *ctls_protocol(ctls_conn *conn) { return SSL_get_version((SSL *)conn); }
 
 void ctls_last_error(char *buf, size_t len) {
-    unsigned long e = ERR_peek_last_error();
-    if (e) ERR_error_string_n(e, buf, len);
-    else if (len) buf[0] = 0;
-    ERR_clear_error();
+    if (ERR_peek_last_error()) keep_error();
+    snprintf(buf, len, "%s", last_error);
 }
 
 void ctls_io_free(ctls_io *io) {

@@ -108,12 +108,17 @@ extension Shard {
                 count(.sendsHeld)
                 continue
             }
+            // With TLS the frames go out sealed together (a few records in one buffer): the
+            // coalescer hears how many frames that was, as it would from a plain send.
+            var sealedFrames: Int32 = 0
             if case .tls(let session) = conn.transport, !session.pending.isEmpty {
+                sealedFrames = session.pending.chunks
                 guard seal(conn, session) else { continue }
+                sealedFrames -= session.pending.chunks
             }
             guard !conn.queue.isEmpty else { continue }
             let frames = outbox.submit(&conn.queue, fd: conn.fd, tag: conn.tag(.send), on: loop)
-            coalescer.sent(conn, frames: frames, now: now)
+            coalescer.sent(conn, frames: max(frames, Int(sealedFrames)), now: now)
             count(.sendsSubmitted)
         }
         dirty.removeAll(keepingCapacity: true)

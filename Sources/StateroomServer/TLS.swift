@@ -60,20 +60,21 @@ final class TLSContext: @unchecked Sendable {
 /// socket is handed to the shard owning its room (after the accepting shard has finished with it).
 final class TLSSession: @unchecked Sendable {
     // @unchecked: touched by one shard thread at a time; the hand-off message is the only way
-    // it crosses threads, posted after the sending shard's last use.
+    // it crosses threads, posted after the sending shard's last use. Its fields opt out of
+    // dynamic exclusivity checks for the same reason as Connection's (one event at a time).
     let conn: OpaquePointer
     /// Frames waiting to be sealed (plaintext), in the owning shard's outbox rings.
-    var pending = SendQueue()
+    @exclusivity(unchecked) var pending = SendQueue()
     /// Ciphertext received but not yet opened: what followed the request head in the same
     /// receive when the socket was parked for a hand-off. Empty otherwise.
-    var carry: [UInt8] = []
-    var established = false
+    @exclusivity(unchecked) var carry: [UInt8] = []
+    @exclusivity(unchecked) var established = false
     /// The first byte has been checked (a TLS handshake record, or something else).
-    var sawFirstByte = false
+    @exclusivity(unchecked) var sawFirstByte = false
     /// close_notify is queued, or must not be sent (the handshake failed).
-    var closeNotifyDone = false
+    @exclusivity(unchecked) var closeNotifyDone = false
     /// A receive is being opened: a hand-off waits until it is over.
-    var busy = false
+    @exclusivity(unchecked) var busy = false
 
     init?(_ context: TLSContext) {
         guard let c = ctls_conn_new(context.pointer, nil) else { return nil }

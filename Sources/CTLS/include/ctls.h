@@ -64,7 +64,8 @@ int ctls_handshake_done(ctls_conn *conn);
 int ctls_resumed(ctls_conn *conn);
 /// "TLSv1.3", "TLSv1.2", …
 const char *ctls_protocol(ctls_conn *conn);
-/// The reason of the last failure on this thread (OpenSSL's error queue), then clears it.
+/// The reason of the last failure on this thread (OpenSSL's error queue is emptied after each
+/// failure, keeping the reason for this call).
 void ctls_last_error(char *buf, size_t len);
 /// Frees `io->out`.
 void ctls_io_free(ctls_io *io);
