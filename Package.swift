@@ -37,9 +37,15 @@ let package = Package(
             name: "CTLS",
             linkerSettings: [.linkedLibrary("ssl"), .linkedLibrary("crypto")]
         ),
+        // permessage-deflate (RFC 7692): zlib (streaming inflate, windows below 32 KiB) and
+        // libdeflate (one-shot compression), behind a shim since zlib's init functions are macros.
+        .target(
+            name: "CDeflate",
+            linkerSettings: [.linkedLibrary("z"), .linkedLibrary("deflate")]
+        ),
         .target(
             name: "WireProtocol",
-            dependencies: ["CLibCrypto"],
+            dependencies: ["CLibCrypto", "CDeflate"],
             swiftSettings: strict
         ),
         .target(

@@ -481,6 +481,9 @@ final class Worker: @unchecked Sendable {
                 var pong: [UInt8] = []
                 encodeClientFrame(opcode: .pong, payload: UnsafeRawBufferPointer(data), maskKey: (1, 2, 3, 4), into: &pong)
                 queueFrame(c, pong)
+            case .compressedMessage:
+                fail(c, "the server sent a compressed message, but no compression was agreed")
+                return
             case .pong:
                 continue
             case .close(let code, _):

@@ -41,6 +41,8 @@ final class Connection {
     /// Bytes of a request head that arrived in pieces (empty on the fast path).
     @exclusivity(unchecked) var httpBuffer: [UInt8] = []
     @exclusivity(unchecked) var room: Room?
+    /// permessage-deflate, when the client agreed to it (nil for most connections).
+    @exclusivity(unchecked) var deflate: ConnectionDeflate?
     /// How bytes cross the wire (``Transport``).
     @exclusivity(unchecked) var transport = Transport.plain
     /// Outbound frames: at most one send in flight; later frames gather behind it.

@@ -6,6 +6,8 @@ import WireProtocol
 struct AcceptedUpgrade: Sendable {
     let roomId: String
     let response: [UInt8]
+    /// permessage-deflate as agreed in the response, if it was.
+    var deflate: DeflateParameters?
 }
 
 /// What the front door decided for one request head.
@@ -31,6 +33,7 @@ struct FrontDoor {
     let staticDirectory: String?
     let policy: any UpgradePolicy
     let shards: Int
+    var compression = CompressionConfiguration()
     /// The `/metrics` text.
     let metrics: () -> String
 
@@ -58,12 +61,21 @@ struct FrontDoor {
         case .failure(let status):
             return .fail(httpErrorResponse(status))
         case .webSocket(let roomId, let accept):
+            let deflate: (DeflateParameters, String)?
+            switch negotiateCompression(head, compression) {
+            case .none: deflate = nil
+            case .agreed(let parameters, let header): deflate = (parameters, header)
+            case .malformed: return .fail(httpErrorResponse(.badRequest))
+            }
             let request = UpgradeRequest(path: head.path ?? "/", roomId: roomId, query: head.query,
                                          headers: head.copiedHeaders(), peer: peer())
             switch policy.decide(request) {
             case .accept(let headers):
+                // The extension is the server's to agree; a policy's header of that name is dropped.
+                var all = headers.filter { Self.isSafe($0) && $0.name.lowercased() != "sec-websocket-extensions" }
+                if let deflate { all.append((name: "Sec-WebSocket-Extensions", value: deflate.1)) }
                 let upgrade = AcceptedUpgrade(
-                    roomId: roomId, response: webSocketUpgradeResponse(accept: accept, headers: headers.filter(Self.isSafe)))
+                    roomId: roomId, response: webSocketUpgradeResponse(accept: accept, headers: all), deflate: deflate?.0)
                 return .upgrade(upgrade, owner: ownerShard(of: roomId, shards: shards))
             case .refuse(let status, let headers, let body):
                 var all: [(String, String)] = [("Content-Type", "text/plain; charset=utf-8")]

@@ -171,6 +171,10 @@ extension Shard {
                     roomFailed(room, failure)
                     return
                 }
+            case .compressedMessage(let opcode, let view):
+                count(.messagesReceived)
+                guard let room = conn.room, let deflate = conn.deflate else { continue }
+                if !receiveCompressed(conn, deflate, opcode, view, room: room) { return }
             case .ping(let view):
                 enqueue(conn, frame: pool.frame(.pong, payload: view), force: true)
             case .pong:

@@ -142,6 +142,11 @@ extension Shard {
     func join(_ conn: Connection, _ accepted: AcceptedUpgrade) -> Bool {
         enqueue(conn, bytes: accepted.response)
         conn.state = .open
+        if let deflate = accepted.deflate {
+            conn.deflate = ConnectionDeflate(deflate)
+            conn.parser.acceptsCompressed = true
+            count(.deflateWebSockets)
+        }
         let opened: RoomTable.Opened
         do {
             opened = try rooms.open(accepted.roomId, host: self)
@@ -181,6 +186,7 @@ extension Shard {
                 guard let room = conn.room else { continue }
                 conn.room = nil
                 room.remove(conn)
+                releaseCompression(conn)
                 count(.webSocketsOpen, -1)
                 if room.isClosed { continue }
                 if let failure = room.disconnect(conn.clientId, self) {
@@ -256,6 +262,8 @@ extension Shard {
     private func release(_ conn: Connection, closeDescriptor: Bool) {
         guard conns.remove(conn) else { return }
         outbox.releaseAll(&conn.queue)
+        // Still a member until the leave is handled (its room counts it by `deflate`): released then.
+        if conn.room == nil { releaseCompression(conn) }
         if case .tls(let s) = conn.transport {
             // Handed off, the session goes with the socket (its queue is empty then).
             outbox.releaseAll(&s.pending)

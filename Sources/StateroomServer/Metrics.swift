@@ -10,6 +10,8 @@ final class ShardStats: Sendable {
         case acceptErrors, pingsSent, sendsHeld, coalesceWindowMicros, busyPermille, upgradesRefused
         case tlsHandshakes, tlsResumptions, tlsHandshakeFailures, tlsPlaintextRejected
         case tlsHandshakeTimeouts, tlsHandshakesAbandoned, tlsRecordErrors
+        case deflateWebSockets, messagesCompressed, compressionsSkipped, messagesInflated
+        case inflateLimitCloses, inflateErrors, inflateMemoryBytes
 
         var name: String {
             switch self {
@@ -42,11 +44,19 @@ final class ShardStats: Sendable {
             case .tlsHandshakeTimeouts: "stateroom_tls_handshake_timeouts_total"
             case .tlsHandshakesAbandoned: "stateroom_tls_handshakes_abandoned_total"
             case .tlsRecordErrors: "stateroom_tls_record_errors_total"
+            case .deflateWebSockets: "stateroom_websockets_deflate"
+            case .messagesCompressed: "stateroom_messages_compressed_total"
+            case .compressionsSkipped: "stateroom_compressions_skipped_total"
+            case .messagesInflated: "stateroom_messages_inflated_total"
+            case .inflateLimitCloses: "stateroom_inflate_too_big_closes_total"
+            case .inflateErrors: "stateroom_inflate_errors_total"
+            case .inflateMemoryBytes: "stateroom_inflate_memory_bytes"
             }
         }
 
         var isGauge: Bool {
             self == .connectionsOpen || self == .webSocketsOpen || self == .roomsActive || isPerShard
+                || self == .deflateWebSockets || self == .inflateMemoryBytes
         }
 
         /// A shard's own state, with no meaningful sum: rendered per shard only.

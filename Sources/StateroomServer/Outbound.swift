@@ -13,7 +13,11 @@ extension Shard: RoomHost {
         assertOnShard()
         guard !room.isClosed else { return }
         let frame = pool.frame(message)
-        room.fanOut(frame, to: recipient, pool: pool) { conn, frame in enqueue(conn, frame: frame) }
+        if room.deflateMembers > 0 {
+            fanOutCompressing(message, plain: frame, to: recipient, in: room)
+        } else {
+            room.fanOut(frame, to: recipient, pool: pool) { conn, frame in enqueue(conn, frame: frame) }
+        }
         pool.release(frame)
     }
 

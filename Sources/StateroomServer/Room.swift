@@ -28,6 +28,8 @@ final class Room {
     /// `members`' ids, for finding one by binary search.
     @exclusivity(unchecked) private var memberIds: [UInt32] = []
     private var nextClientId: UInt32 = 1
+    /// Members that agreed to permessage-deflate (a broadcast is compressed only if there are any).
+    private(set) var deflateMembers = 0
     /// Bumped whenever the timer is set or the room ends; a timer entry with an older token is stale.
     var timerToken: UInt64 = 0
     private(set) var isClosed = false
@@ -50,6 +52,7 @@ final class Room {
         nextClientId &+= 1
         conn.room = self
         conn.clientId = id
+        if conn.deflate != nil { deflateMembers += 1 }
         members.append(conn)
         memberIds.append(id.rawValue)
         return id
@@ -58,6 +61,7 @@ final class Room {
     /// Removes `conn` from the members (a no-op if it is not one).
     func remove(_ conn: Connection) {
         guard let i = index(of: conn.clientId), members[i] === conn else { return }
+        if conn.deflate != nil { deflateMembers -= 1 }
         members.remove(at: i)
         memberIds.remove(at: i)
     }
@@ -94,6 +98,20 @@ final class Room {
                 pool.retain(frame)
                 enqueue(m, frame)
             }
+        }
+    }
+
+    /// Calls `body` with each member `recipient` names (no references taken: the caller queues
+    /// what it chooses per member).
+    @inline(__always)
+    func forEachRecipient(_ recipient: MessageRecipient, _ body: (Connection) -> Void) {
+        switch recipient {
+        case .broadcast:
+            forEachUnretained(members, body)
+        case .everyoneExcept(let except):
+            forEachUnretained(members) { m in if m.clientId != except { body(m) } }
+        case .client(let id):
+            if let m = member(id) { body(m) }
         }
     }
 

@@ -43,6 +43,8 @@ public struct ServerConfiguration: Sendable {
     /// Serve HTTPS and WSS on the port with this certificate chain and key (PEM); nil: plain.
     /// ``Server/reloadTLS()`` reads the files again.
     public var tls: TLSFiles?
+    /// permessage-deflate (RFC 7692): on by default, for clients that offer it.
+    public var compression = CompressionConfiguration()
     /// Directory served at `/` (static files), if any.
     public var staticDirectory: String?
     /// Decides every WebSocket upgrade that passed the protocol checks (accept, or refuse with a

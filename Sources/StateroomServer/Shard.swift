@@ -65,6 +65,8 @@ final class Shard {
     /// The certificate and key new connections get (nil: plain), and the shard's TLS scratch.
     var tlsContext: TLSContext?
     lazy var tlsWorkspace = TLSWorkspace()
+    /// The shard's compressor, shared inflater and their buffers (made on first use).
+    lazy var compression = CompressionWorkspace()
     @exclusivity(unchecked) private var counters = [Int](repeating: 0, count: ShardStats.Counter.allCases.count)
     /// The loop turn's clock reading (monotonic nanoseconds).
     @exclusivity(unchecked) var now: UInt64 = monotonicNanos()
@@ -103,7 +105,8 @@ final class Shard {
             holdBytesCap: min(64 << 10, config.maxPendingBytes / 2),
             maxFrames: Int32(Outbox.maxIOV), clock: SystemClock())
         self.frontDoor = FrontDoor(staticDirectory: config.staticDirectory, policy: config.upgradePolicy,
-                                   shards: mailboxes.count, metrics: { renderMetrics(allStats, processStats) })
+                                   shards: mailboxes.count, compression: config.compression,
+                                   metrics: { renderMetrics(allStats, processStats) })
     }
 
     @inline(__always)

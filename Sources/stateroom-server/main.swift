@@ -48,6 +48,14 @@ struct StateroomServerCommand: ParsableCommand {
     var tlsCert: String?
     @Option(help: "Private key (PEM, RSA or ECDSA) of --tls-cert.")
     var tlsKey: String?
+    @Option(help: "permessage-deflate for clients that offer it: on or off.")
+    var compression = "on"
+    @Option(help: "Messages shorter than this many bytes go uncompressed.")
+    var compressionMinBytes = 128
+    @Flag(help: "Let clients keep their compression context across messages (better compression; an inflater of up to 7 KiB + 2^window-bits bytes per client that sends compressed messages).")
+    var compressionClientContext = false
+    @Option(help: "With --compression-client-context: the window clients are asked to compress with (8-15).")
+    var compressionClientWindowBits = 15
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
     @Flag(help: "Do not pin shard threads to cores.")
@@ -65,6 +73,9 @@ struct StateroomServerCommand: ParsableCommand {
         if maxMessageSize < 1 { throw ValidationError("--max-message-size must be positive") }
         if maxPendingBytes < 1024 { throw ValidationError("--max-pending-bytes must be at least 1024") }
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
+        if compression != "on" && compression != "off" { throw ValidationError("--compression must be on or off") }
+        if compressionMinBytes < 0 { throw ValidationError("--compression-min-bytes must not be negative") }
+        if !(8...15).contains(compressionClientWindowBits) { throw ValidationError("--compression-client-window-bits must be between 8 and 15") }
     }
 
     func run() throws {
@@ -91,6 +102,10 @@ struct StateroomServerCommand: ParsableCommand {
         config.requestTimeout = requestTimeout
         config.pinThreads = !noPin
         if let tlsCert, let tlsKey { config.tls = TLSFiles(certificateChain: tlsCert, privateKey: tlsKey) }
+        config.compression.enabled = compression == "on"
+        config.compression.minimumBytes = compressionMinBytes
+        config.compression.clientNoContextTakeover = !compressionClientContext
+        config.compression.clientMaxWindowBits = compressionClientWindowBits
 
         let factory: any StateroomServiceFactory
         let serviceName: String

@@ -69,6 +69,7 @@ final class TestClient {
                     case .needMore: return nil
                     case .message(let op, let view):
                         return op == .text ? .text(String(decoding: view, as: UTF8.self)) : .binary(Array(view))
+                    case .compressedMessage: return .close(1002)   // this client offers no extension
                     case .ping(let v): return .ping(Array(v))
                     case .pong(let v): return .pong(Array(v))
                     case .close(let code, _): return .close(code)

@@ -3,6 +3,7 @@ import WireProtocol
 /// An owned copy of a `FrameEvent`, so tests can compare events after the views died.
 enum Ev: Equatable, CustomStringConvertible {
     case message(Opcode, [UInt8])
+    case compressed(Opcode, [UInt8])
     case ping([UInt8])
     case pong([UInt8])
     case close(UInt16?, [UInt8])
@@ -11,6 +12,7 @@ enum Ev: Equatable, CustomStringConvertible {
     var description: String {
         switch self {
         case let .message(op, b): return "message(\(op), \(b.count) bytes)"
+        case let .compressed(op, b): return "compressed(\(op), \(b.count) bytes)"
         case let .ping(b): return "ping(\(b.count))"
         case let .pong(b): return "pong(\(b.count))"
         case let .close(c, r): return "close(\(c.map(String.init) ?? "nil"), \(r.count))"
@@ -40,6 +42,7 @@ func feed(_ parser: inout FrameParser, _ chunk: ArraySlice<UInt8>, into events: 
             precondition(offset == buffer.count, "needMore must absorb every byte")
             return true
         case let .message(op, view): events.append(.message(op, Array(view)))
+        case let .compressedMessage(op, view): events.append(.compressed(op, Array(view)))
         case let .ping(view): events.append(.ping(Array(view)))
         case let .pong(view): events.append(.pong(Array(view)))
         case let .close(code, reason): events.append(.close(code, Array(reason)))
@@ -51,7 +54,8 @@ func feed(_ parser: inout FrameParser, _ chunk: ArraySlice<UInt8>, into events: 
 }
 
 /// Parses `stream` cut into chunks of the given sizes (the remainder is one last chunk).
-func parse(_ stream: [UInt8], chunks sizes: [Int] = [], server: Bool = true, maxMessageSize: Int = 1 << 20) -> [Ev] {
+func parse(_ stream: [UInt8], chunks sizes: [Int] = [], server: Bool = true, maxMessageSize: Int = 1 << 20,
+           compression: Bool = false) -> [Ev] {
     var events: [Ev] = []
     var chunks: [ArraySlice<UInt8>] = []
     var start = 0
@@ -61,6 +65,7 @@ func parse(_ stream: [UInt8], chunks sizes: [Int] = [], server: Bool = true, max
     }
     chunks.append(stream[start...])
     var parser = FrameParser(role: server ? .server : .client, maxMessageSize: maxMessageSize)
+    parser.acceptsCompressed = compression
     for c in chunks where !feed(&parser, c, into: &events) { break }
     return events
 }

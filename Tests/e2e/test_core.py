@@ -140,12 +140,13 @@ def test_room_resets_with_shards_on_every_cycle(server_factory):
     [("upgrade", "WebSocket"), ("connection", "keep-alive, Upgrade")],   # Firefox style
     [("UPGRADE", "websocket"), ("CONNECTION", "upgrade")],
     [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Protocol", "chat"),
-     ("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits"),
+     ("Sec-WebSocket-Extensions", "x-webkit-deflate-frame, x-unknown; p=1"),
      ("Origin", "http://example.com"), ("User-Agent", "e2e")],
 ], ids=["firefox_connection_list", "upper_case_names", "extra_headers"])
 def test_handshake_header_variants(server, headers):
     """Header names are case-insensitive, Connection is a token list; unknown extensions and
-    subprotocols are simply not accepted (no RSV bits, no Sec-WebSocket-Extensions echoed)."""
+    subprotocols are simply not accepted (no RSV bits, no Sec-WebSocket-Extensions echoed;
+    permessage-deflate is test_compression.py's)."""
     key = wsraw.new_key()
     req = wsraw.http_request_bytes("GET", "/ws/variants", headers=headers + [
         ("Sec-WebSocket-Key", key), ("Sec-WebSocket-Version", "13")])

@@ -10,6 +10,10 @@ public enum FrameEvent {
     case needMore
     /// A complete text or binary message; text is already UTF-8 validated.
     case message(Opcode, UnsafeRawBufferPointer)
+    /// A complete message compressed with permessage-deflate (RFC 7692: RSV1 on its first frame),
+    /// only from a parser that ``FrameParser/acceptsCompressed``: the payload as it came (all
+    /// fragments joined), not UTF-8 validated — the receiver inflates it and validates text then.
+    case compressedMessage(Opcode, UnsafeRawBufferPointer)
     /// A ping with its application data (≤ 125 bytes); answer with a pong carrying the same bytes.
     case ping(UnsafeRawBufferPointer)
     /// A pong.
@@ -31,8 +35,8 @@ public enum FrameEvent {
 /// to ``retainedCapacity`` and is released above that, or by ``releaseMemory()``. Every view is valid until
 /// the next call to `next` and, for views into the buffer, until the caller reuses that buffer.
 ///
-/// Enforced: masking by role (a server reads only masked frames, a client only unmasked ones), RSV bits (no
-/// extensions), known opcodes, control frames (FIN, ≤125 bytes), fragment order, 63-bit lengths,
+/// Enforced: masking by role (a server reads only masked frames, a client only unmasked ones), RSV bits (none,
+/// or RSV1 on the first frame of a data message once permessage-deflate is agreed), known opcodes, control frames (FIN, ≤125 bytes), fragment order, 63-bit lengths,
 /// `maxMessageSize` (1009 as soon as a header shows it, before any payload is buffered), UTF-8 of text
 /// checked per fragment as it arrives and at FIN (1007), close payloads (1002 for 1 byte or an invalid code,
 /// 1007 for a non-UTF-8 reason). Control frames may interleave with fragments. Non-minimal length encodings
@@ -61,6 +65,9 @@ public struct FrameParser {
     public let role: Role
     /// The close code of the protocol error that killed this parser, if any.
     public private(set) var failure: CloseCode?
+    /// permessage-deflate was agreed: RSV1 on the first frame of a data message marks it compressed
+    /// (``FrameEvent/compressedMessage(_:_:)``). Without it any RSV bit is a protocol error.
+    public var acceptsCompressed = false
 
     /// A parser for `role` accepting messages up to `maxMessageSize` bytes.
     public init(role: Role, maxMessageSize: Int) {
@@ -100,7 +107,12 @@ public struct FrameParser {
     /// Checks the first two header bytes against the protocol state; returns the error, if any.
     @inline(__always)
     func checkStart(_ b0: UInt8, _ b1: UInt8, messageOpcode: UInt8) -> CloseCode? {
-        if b0 & 0x70 != 0 { return .protocolError }                    // RSV1-3 without extensions
+        if b0 & 0x70 != 0 {
+            // RSV2/3 are never agreed; RSV1 only with permessage-deflate, and only on the first frame
+            // of a data message (RFC 7692 §6.1; a continuation or a control frame with it is an error).
+            let op = b0 & 0x0F
+            if b0 & 0x70 != 0x40 || !acceptsCompressed || !(op == 1 || op == 2) { return .protocolError }
+        }
         if (b1 & 0x80 != 0) != (role == .server) { return .protocolError }   // masking direction
         let fin = b0 & 0x80 != 0
         switch b0 & 0x0F {
@@ -155,7 +167,7 @@ public struct FrameParser {
                     let chunk = UnsafeMutableRawBufferPointer(start: dest, count: take)
                     if st.frameMasked { unmask(chunk, key: st.maskKey, phase: st.frameFilled) }
                     if !isControl {
-                        if st.messageOpcode == 1 && !st.utf8.feed(UnsafeRawBufferPointer(chunk)) {
+                        if st.messageOpcode == 1 && !st.messageCompressed && !st.utf8.feed(UnsafeRawBufferPointer(chunk)) {
                             return fail(.invalidPayload, &offset, count)
                         }
                         st.messageCount += take
@@ -219,6 +231,7 @@ public struct FrameParser {
             let b1 = header.load(fromByteOffset: 1, as: UInt8.self)
             let opcode = b0 & 0x0F
             let fin = b0 & 0x80 != 0
+            let compressed = b0 & 0x40 != 0
             let masked = b1 & 0x80 != 0
             var length = Int(b1 & 0x7F)
             var keyOffset = 2
@@ -255,6 +268,9 @@ public struct FrameParser {
                 }
                 if fin && messageOpcode == 0 {
                     // Zero-copy: an unfragmented message wholly inside the caller's buffer.
+                    if compressed {
+                        return .compressedMessage(Opcode(rawValue: opcode).unsafelyUnwrapped, UnsafeRawBufferPointer(payload))
+                    }
                     if opcode == 1 {
                         var v = UTF8Validator()
                         if !(v.feed(UnsafeRawBufferPointer(payload)) && v.isComplete) {
@@ -267,9 +283,10 @@ public struct FrameParser {
                 let st = ensureStorage()
                 if st.messageOpcode == 0 {
                     st.messageOpcode = opcode
+                    st.messageCompressed = compressed
                     st.utf8.reset()
                 }
-                if st.messageOpcode == 1 && !st.utf8.feed(UnsafeRawBufferPointer(payload)) {
+                if st.messageOpcode == 1 && !st.messageCompressed && !st.utf8.feed(UnsafeRawBufferPointer(payload)) {
                     return fail(.invalidPayload, &offset, count)
                 }
                 if length > 0 {
@@ -285,6 +302,7 @@ public struct FrameParser {
             let st = ensureStorage()
             if opcode < 8 && st.messageOpcode == 0 {
                 st.messageOpcode = opcode
+                st.messageCompressed = compressed
                 st.utf8.reset()
             }
             st.inPayload = true
@@ -309,14 +327,14 @@ public struct FrameParser {
 
     /// Delivers the assembled message after its final fragment.
     mutating func finishMessage(_ st: FrameStorage, _ offset: inout Int, _ count: Int) -> FrameEvent {
-        if st.messageOpcode == 1 && !st.utf8.isComplete {
+        if st.messageOpcode == 1 && !st.messageCompressed && !st.utf8.isComplete {
             return fail(.invalidPayload, &offset, count)
         }
         let opcode = Opcode(rawValue: st.messageOpcode).unsafelyUnwrapped
         st.messageOpcode = 0
         st.resetPending = true
         let view = UnsafeRawBufferPointer(start: st.message, count: st.message == nil ? 0 : st.messageCount)
-        return .message(opcode, view)
+        return st.messageCompressed ? .compressedMessage(opcode, view) : .message(opcode, view)
     }
 
     /// Validates a complete control frame and turns it into its event.
@@ -370,6 +388,8 @@ final class FrameStorage {
     var frameFilled = 0
     /// Opcode (1 or 2) of the data message being assembled; 0 when none.
     var messageOpcode: UInt8 = 0
+    /// That message is compressed (RSV1 on its first frame).
+    var messageCompressed = false
     /// Bytes of that message assembled so far.
     var messageCount = 0
     /// UTF-8 state across the fragments of a text message.
