@@ -12,6 +12,14 @@ single-threaded, so compare it with `stateroom-server --shards 1`, both pinned t
 With `--tls-cert`/`--tls-key` (the flags of `stateroom-server`) it serves wss through uWebSockets' SSL
 app (OpenSSL underneath, as ours). Prints `listening on http://127.0.0.1:PORT` (`https://` with TLS)
 when ready, as `stateroom-server` does.
+
+With `--compression` it agrees to permessage-deflate (RFC 7692) with `CompressOptions.SHARED_COMPRESSOR`:
+one deflate stream per event loop, no context takeover either way (it answers
+`permessage-deflate; client_no_context_takeover; server_no_context_takeover`), and every published
+message is sent compressed to each subscriber that agreed (uWebSockets deflates it once per
+recipient); clients that did not offer the extension get it plain.
+
+    taskset -c 0 python3 Benchmarks/socketify_relay.py --port 9001 --compression
 """
 
 import argparse
@@ -28,12 +36,18 @@ def main() -> None:
     ap.add_argument("--max-backpressure", type=int, default=4 << 20, help="queued bytes per socket")
     ap.add_argument("--tls-cert", help="PEM certificate (chain): serve wss (needs --tls-key)")
     ap.add_argument("--tls-key", help="PEM private key of --tls-cert")
+    ap.add_argument("--compression", action="store_true",
+                    help="agree to permessage-deflate (CompressOptions.SHARED_COMPRESSOR) and publish compressed")
     args = ap.parse_args()
     if bool(args.tls_cert) != bool(args.tls_key):
         ap.error("--tls-cert and --tls-key go together")
 
     tls = bool(args.tls_cert)
     app = App(AppOptions(key_file_name=args.tls_key, cert_file_name=args.tls_cert)) if tls else App()
+
+    # publish(..., compress=True) deflates the message for each subscriber that agreed to
+    # permessage-deflate (and sends it plain to the others); without --compression nobody agreed.
+    compress = args.compression
 
     def upgrade(res, req, socket_context):
         # Keep the room from the URL as the socket's user data, as stateroom-server routes /ws/<room>.
@@ -53,12 +67,12 @@ def main() -> None:
     def on_message(ws, message, opcode):
         # publish() from a socket skips the publisher; app.publish() reaches every subscriber,
         # sender included, like the relay service.
-        app.publish(ws.get_user_data(), message, opcode)
+        app.publish(ws.get_user_data(), message, opcode, compress)
 
     app.ws(
         "/*",
         {
-            "compression": CompressOptions.DISABLED,
+            "compression": CompressOptions.SHARED_COMPRESSOR if args.compression else CompressOptions.DISABLED,
             "max_payload_length": args.max_payload,
             "max_backpressure": args.max_backpressure,
             "idle_timeout": 0,

@@ -17,6 +17,11 @@ struct BenchCommand: ParsableCommand {
             Flags given explicitly override the preset. connect-rate (or --connections N) measures new connections per \
             second instead of messages: connect, TLS handshake (with --tls), upgrade, close handshake.
 
+            Compression: --compression offers permessage-deflate as a browser does; senders compress each message on its \
+            own, compressed deliveries are inflated (a thread inflates the same compressed bytes once: --inflate-all to \
+            inflate every one). --message json sends a ~--size (default 1 KiB) JSON-like game-state update instead of hex \
+            padding. The report gives bytes on the wire per delivery and their ratio to plain frames.
+
             TLS: --tls (or a wss:// --url) speaks wss: the TLS handshake before the upgrade, every frame sealed and \
             opened through OpenSSL (CTLS); the certificate is checked against --ca-file for the URL's host (SNI). Servers \
             the bench starts get --tls-cert/--tls-key through {cert}/{key} (a throwaway self-signed pair by default, \
@@ -28,6 +33,7 @@ struct BenchCommand: ParsableCommand {
               taskset -c 1 stateroom-bench --scenario all --compare ours,socketify --rounds 3 --json > results.json
               stateroom-bench --url wss://127.0.0.1:8443 --ca-file cert.pem --rooms 1 --clients-per-room 100 --rate 100
               taskset -c 1 stateroom-bench --tls --scenario rooms10-200,connect-rate --compare ours,tls,socketify-tls --rounds 3
+              taskset -c 1 stateroom-bench --compression --message json --scenario fanout-8 --compare ours,compression --rounds 3
             """)
 
     @Option(help: "Server to load (ws://host:port[/path-prefix], or wss:// for TLS); rooms are <prefix>/<room-prefix><n>.")
@@ -57,6 +63,12 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Connection-rate run: open and close N connections (connect, TLS handshake, upgrade, close handshake); reports connections/s and server CPU per connection. Applies to the connect-rate scenario of a --scenario list, or makes the run one.")
     var connections: Int?
     @Option(help: "Connection-rate run: connections in flight at once, per load thread (default 64).") var connectWindow: Int?
+    @Option(help: "What senders send: hex (fields and padding to --size) or json (a JSON-like game-state update of about --size bytes, 1024 unless given; different every message).")
+    var message: MessageKind?
+    @Flag(help: "Offer permessage-deflate (RFC 7692) like a browser: compress what the senders send, inflate what arrives compressed; report bytes on the wire per delivery. With --compare, 'ours' is our server compressing against uWebSockets with SHARED_COMPRESSOR.")
+    var compression = false
+    @Flag(help: "With --compression: inflate every compressed delivery, even the same bytes a load thread has just inflated for another client (default: once per thread, checked byte for byte).")
+    var inflateAll = false
 
     @Option(help: "PID of the server, for its CPU use (/proc/PID/stat).") var serverPid: Int32?
     @Option(help: "Start the server with this shell command ({port} is replaced by a free port; {cert} and {key} by the TLS pair, which makes the run TLS) and stop it after.")
@@ -66,8 +78,10 @@ struct BenchCommand: ParsableCommand {
     @Option(help: """
         Compare servers the bench spawns, in interleaved rounds: any of io (--io uring vs epoll), shards \
         (--shards 1 vs N), wasm (native relay vs --wasm relay), ours, socketify (ours vs uWebSockets; with --tls \
-        ours with TLS vs uWebSockets with SSL), tls (ours plain vs TLS), socketify-tls (uWebSockets plain vs SSL), \
-        or 'variants' (only --variant); comma-separated.
+        ours with TLS vs uWebSockets with SSL; with --compression both compressing), tls (ours plain vs TLS), \
+        socketify-tls (uWebSockets plain vs SSL), compression (ours --compression on vs off; needs --compression), \
+        socketify-compression (uWebSockets SHARED_COMPRESSOR vs none; needs --compression), or 'variants' \
+        (only --variant); comma-separated.
         """)
     var compare: String?
     @Option(help: "Rounds per comparison (medians are reported).") var rounds = 3
@@ -114,6 +128,12 @@ struct BenchCommand: ParsableCommand {
             if let v = threads { s.threads = v }
             if let v = roomPrefix { s.roomPrefix = v }
             if let v = drainTimeout { s.drainTimeout = v }
+            if let v = message {
+                s.message = v
+                if v == .json && size == nil && s.size < 1024 { s.size = 1024 }
+            }
+            if compression { s.compression = true }
+            if inflateAll { s.inflateMemo = false }
             if s.isConnectRate || !anyConnectRate {
                 if let v = connections { s.connectCount = v }
                 if let v = connectWindow { s.connectWindow = v }
@@ -197,9 +217,11 @@ struct BenchCommand: ParsableCommand {
             + (tls ? " --tls-cert {cert} --tls-key {key}" : "")
     }
 
-    /// The socketify (uWebSockets) relay; with `tls`, its SSL app with the bench's pair.
-    func socketifyServer(tls: Bool = false) -> String {
+    /// The socketify (uWebSockets) relay; with `tls`, its SSL app with the bench's pair; with
+    /// `compression`, permessage-deflate with CompressOptions.SHARED_COMPRESSOR.
+    func socketifyServer(tls: Bool = false, compression: Bool = false) -> String {
         "taskset -c \(serverCpus) python3 \(socketify) --host 127.0.0.1 --port {port}" + (tls ? " --tls-cert {cert} --tls-key {key}" : "")
+            + (compression ? " --compression" : "")
     }
 
     func usesPair(_ command: String) -> Bool { command.contains("{cert}") || command.contains("{key}") }
@@ -210,11 +232,17 @@ struct BenchCommand: ParsableCommand {
         let socketifyMissing = FileManager.default.fileExists(atPath: socketify) ? nil : "socketify relay script not found at \(socketify)"
         let t = tls
         let suffix = t ? ", TLS" : ""
+        let z = compression
+        if !z, let n = names.first(where: { $0 == "compression" || $0 == "socketify-compression" }) {
+            throw ValidationError("--compare \(n) needs --compression (the bench offers permessage-deflate only then)")
+        }
         let wantsOursVsSocketify = names.contains("ours") || names.contains("socketify")
         if wantsOursVsSocketify {
-            var g = ComparisonGroup(name: "ours vs uWebSockets" + (t ? " (TLS)" : ""), variants: [
-                Variant(name: "stateroom (shards 1\(suffix))", command: ourServer("--service relay --shards 1", tls: t), tls: t),
-                Variant(name: "uWebSockets (socketify\(t ? ", SSL" : ""))", command: socketifyServer(tls: t), tls: t),
+            var g = ComparisonGroup(name: "ours vs uWebSockets" + (t ? " (TLS)" : "") + (z ? " (permessage-deflate)" : ""), variants: [
+                Variant(name: "stateroom (shards 1\(suffix)\(z ? ", deflate" : ""))",
+                        command: ourServer("--service relay --shards 1" + (z ? " --compression on" : ""), tls: t), tls: t),
+                Variant(name: "uWebSockets (socketify\(t ? ", SSL" : "")\(z ? ", SHARED_COMPRESSOR" : ""))",
+                        command: socketifyServer(tls: t, compression: z), tls: t),
             ])
             g.skipped = socketifyMissing
             out.append(g)
@@ -258,10 +286,24 @@ struct BenchCommand: ParsableCommand {
                 ])
                 g.skipped = socketifyMissing
                 out.append(g)
+            case "compression":
+                out.append(ComparisonGroup(name: "stateroom deflate vs none" + (t ? " (TLS)" : ""), variants: [
+                    Variant(name: "stateroom --compression on" + (t ? " (TLS)" : ""),
+                            command: ourServer("--service relay --shards 1 --compression on", tls: t), tls: t),
+                    Variant(name: "stateroom --compression off" + (t ? " (TLS)" : ""),
+                            command: ourServer("--service relay --shards 1 --compression off", tls: t), tls: t),
+                ]))
+            case "socketify-compression":
+                var g = ComparisonGroup(name: "uWebSockets deflate vs none" + (t ? " (SSL)" : ""), variants: [
+                    Variant(name: "uWebSockets SHARED_COMPRESSOR" + (t ? " (SSL)" : ""), command: socketifyServer(tls: t, compression: true), tls: t),
+                    Variant(name: "uWebSockets DISABLED" + (t ? " (SSL)" : ""), command: socketifyServer(tls: t), tls: t),
+                ])
+                g.skipped = socketifyMissing
+                out.append(g)
             case "variants":
                 continue
             default:
-                throw ValidationError("unknown comparison '\(n)' (io, shards, wasm, ours, socketify, tls, socketify-tls, variants)")
+                throw ValidationError("unknown comparison '\(n)' (io, shards, wasm, ours, socketify, tls, socketify-tls, compression, socketify-compression, variants)")
             }
         }
         if !variant.isEmpty {
@@ -393,3 +435,5 @@ struct AnyEncodable: Encodable {
     init<T: Encodable>(_ v: T) { encodeBody = v.encode }
     func encode(to encoder: Encoder) throws { try encodeBody(encoder) }
 }
+
+extension MessageKind: ExpressibleByArgument {}

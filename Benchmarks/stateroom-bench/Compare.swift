@@ -37,6 +37,11 @@ struct Medians: Codable, Sendable {
     var connectionsPerSecond: Double?
     var serverMicrosecondsPerConnection: Double?
     var benchMicrosecondsPerConnection: Double?
+    /// Bytes the bench received per delivery, and that against plain frames (message runs).
+    var wireBytesPerDelivery: Double?
+    var wireToPlain: Double?
+    /// Connections that agreed to permessage-deflate (median), when the bench offered it.
+    var deflateConnections: Int?
 }
 
 struct VariantReport: Codable, Sendable {
@@ -57,6 +62,7 @@ struct Ratio: Codable, Sendable {
     var serverCPUPerDelivery: Double?
     var connectionsPerSecond: Double?
     var serverCPUPerConnection: Double?
+    var wireBytesPerDelivery: Double?
 }
 
 struct GroupReport: Codable, Sendable {
@@ -81,6 +87,8 @@ func medians(_ runs: [RunResult]) -> Medians {
     let lag = runs.compactMap(\.senderLag?.p99Micros)
     let rates = runs.compactMap(\.connectionRate)
     let perConn = rates.compactMap(\.serverCPUMicrosecondsPerConnection)
+    let wires = runs.compactMap(\.wire)
+    let agreed = runs.compactMap(\.compression).map { Double($0.agreedConnections) }
     return Medians(
         deliveriesPerSecond: median(runs.map(\.deliveriesPerSecond)),
         p50Micros: median(runs.map(\.latency.p50Micros)),
@@ -97,7 +105,10 @@ func medians(_ runs: [RunResult]) -> Medians {
         disturbedRuns: runs.filter(\.disturbed).count,
         connectionsPerSecond: rates.isEmpty ? nil : median(rates.map(\.perSecond)),
         serverMicrosecondsPerConnection: perConn.isEmpty ? nil : median(perConn),
-        benchMicrosecondsPerConnection: rates.isEmpty ? nil : median(rates.map(\.benchCPUMicrosecondsPerConnection)))
+        benchMicrosecondsPerConnection: rates.isEmpty ? nil : median(rates.map(\.benchCPUMicrosecondsPerConnection)),
+        wireBytesPerDelivery: wires.isEmpty ? nil : median(wires.map(\.bytesPerDelivery)),
+        wireToPlain: wires.isEmpty ? nil : median(wires.map(\.wireToPlain)),
+        deflateConnections: agreed.isEmpty ? nil : Int(median(agreed)))
 }
 
 /// Runs every variant of `group` on `scenario` for `rounds` interleaved rounds (ABBA order, a fresh
@@ -164,9 +175,11 @@ func runComparison(_ group: ComparisonGroup, scenario: Scenario, scenarioName: S
             var connRate: Double?, connCPU: Double?
             if let x = b.connectionsPerSecond, let y = a.connectionsPerSecond, y > 0 { connRate = x / y }
             if let x = b.serverMicrosecondsPerConnection, let y = a.serverMicrosecondsPerConnection, y > 0 { connCPU = x / y }
+            var wireRatio: Double?
+            if let x = b.wireBytesPerDelivery, let y = a.wireBytesPerDelivery, y > 0 { wireRatio = x / y }
             ratios.append(Ratio(variant: r.name, baseline: base.name, deliveriesPerSecond: a.deliveriesPerSecond > 0 ? b.deliveriesPerSecond / a.deliveriesPerSecond : nil,
                                 p50: b.p50Micros / a.p50Micros, p99: b.p99Micros / a.p99Micros, serverCPUPerDelivery: cpu,
-                                connectionsPerSecond: connRate, serverCPUPerConnection: connCPU))
+                                connectionsPerSecond: connRate, serverCPUPerConnection: connCPU, wireBytesPerDelivery: wireRatio))
         }
     }
     return GroupReport(group: group.name, scenarioName: scenarioName, scenario: scenario, rounds: rounds,
@@ -180,6 +193,10 @@ func comparisonTable(_ g: GroupReport) -> String {
     let openLoop = g.variants.contains { $0.median.benchSendLagP99Micros != nil }
     var header = ["variant", "deliveries/s", "p50", "p99", "p99.9", "server µs/delivery", "server CPU", "bench busiest thread"]
     if openLoop { header.append("bench send lag p99") }
+    // Bytes on the wire matter when the messages can compress: a JSON message or deflate offered.
+    let showWire = g.scenario.compression || g.scenario.message == .json
+    if showWire { header += ["wire B/delivery", "of plain"] }
+    if g.scenario.compression { header.append("deflate conns") }
     header += ["lost", "reordered", "failed runs"]
     var t = TextTable(header: header)
     for v in g.variants {
@@ -189,6 +206,11 @@ func comparisonTable(_ g: GroupReport) -> String {
                              m.serverCPUUtilization.map { String(format: "%.0f%%", 100 * $0) } ?? "n/a",
                              String(format: "%.0f%%", 100 * m.benchCPUUtilization) + (m.benchSaturatedRuns > 0 ? " SATURATED" : "")]
         if openLoop { row.append(m.benchSendLagP99Micros.map(Report.micros) ?? "n/a") }
+        if showWire {
+            row.append(m.wireBytesPerDelivery.map { String(format: "%.1f", $0) } ?? "n/a")
+            row.append(m.wireToPlain.map { String(format: "%.2f×", $0) } ?? "n/a")
+        }
+        if g.scenario.compression { row.append(m.deflateConnections.map { "\($0)" } ?? "n/a") }
         row += ["\(m.lost)", "\(m.reordered)", "\(m.failedRuns)/\(v.runs.count)"]
         t.rows.append(row)
     }
@@ -196,7 +218,8 @@ func comparisonTable(_ g: GroupReport) -> String {
     for r in g.ratios {
         out += "ratio \(r.variant) / \(r.baseline): deliveries/s \(r.deliveriesPerSecond.map { String(format: "%.2f×", $0) } ?? "n/a"), "
             + "p50 \(String(format: "%.2f", r.p50))×, p99 \(String(format: "%.2f", r.p99))×, "
-            + "server CPU per delivery \(r.serverCPUPerDelivery.map { String(format: "%.2f", $0) + "×" } ?? "n/a")\n"
+            + "server CPU per delivery \(r.serverCPUPerDelivery.map { String(format: "%.2f", $0) + "×" } ?? "n/a")"
+            + (showWire ? ", wire bytes per delivery \(r.wireBytesPerDelivery.map { String(format: "%.2f×", $0) } ?? "n/a")" : "") + "\n"
     }
     if g.variants.contains(where: { $0.median.disturbedRuns > 0 }) {
         out += "WARNING: a compiler ran on the machine during some runs (marked disturbed in the JSON).\n"

@@ -19,7 +19,7 @@ func runConnectRate(_ scenario: Scenario, endpoint: Endpoint, tls: TLSClient?, l
     for i in 0..<count {
         shares[i % threads].append(endpoint.pathPrefix + scenario.roomPrefix + String(i % scenario.rooms))
     }
-    let connector = Connector(endpoint: endpoint, window: scenario.connectWindow, timeout: 15, tls: tls)
+    let connector = Connector(endpoint: endpoint, window: scenario.connectWindow, timeout: 15, tls: tls, offerDeflate: scenario.compression)
     _ = try connector.address()   // fail early on a bad host
 
     let meter = ServerCPUMeter(pid: serverPid)
@@ -117,5 +117,5 @@ func runConnectRate(_ scenario: Scenario, endpoint: Endpoint, tls: TLSClient?, l
         serverCPUSecondsPerMillionDeliveries: nil, serverCPUMicrosecondsPerDelivery: nil,
         serverCPUUtilization: serverCPU.map { $0 / max(seconds, 1e-9) }, serverLooksIdle: false,
         benchCPUSeconds: benchCPU, benchCPUUtilization: benchCPU / max(seconds, 1e-9), benchBusiestThreadUtilization: busiest,
-        benchSaturated: busiest > 0.9, disturbed: disturbed, passed: failures.isEmpty, failures: failures)
+        benchSaturated: busiest > 0.9, disturbed: disturbed, wire: nil, compression: nil, passed: failures.isEmpty, failures: failures)
 }

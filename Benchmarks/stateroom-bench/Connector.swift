@@ -20,12 +20,19 @@ struct Connector {
     let timeout: Double
     /// The client context; required for a wss endpoint.
     var tls: TLSClient?
+    /// Offer permessage-deflate as a browser does (``deflateOffer``) and check the answer.
+    var offerDeflate = false
 
-    init(endpoint: Endpoint, window: Int, timeout: Double, tls: TLSClient? = nil) {
+    /// What browsers offer (Chromium, Firefox): the server may limit our window; we compress each
+    /// message on its own whatever it answers, which is valid with or without context takeover.
+    static let deflateOffer = "permessage-deflate; client_max_window_bits"
+
+    init(endpoint: Endpoint, window: Int, timeout: Double, tls: TLSClient? = nil, offerDeflate: Bool = false) {
         self.endpoint = endpoint
         self.window = window
         self.timeout = timeout
         self.tls = tls
+        self.offerDeflate = offerDeflate
     }
 
     struct Result {
@@ -38,6 +45,10 @@ struct Connector {
         var seconds: Double
         /// The TLS version negotiated ("TLSv1.3"), nil without TLS.
         var tlsProtocol: String?
+        /// Per descriptor: what permessage-deflate agreement it has (nil: none).
+        var deflate: [DeflateParameters?]
+        /// The first `Sec-WebSocket-Extensions` answer seen, if any.
+        var extensionAnswer: String?
     }
 
     struct ChurnResult {
@@ -99,6 +110,8 @@ struct Connector {
         var setup = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000_000, numberOfSignificantValueDigits: .three)
         var closeAnswered = 0
         var tlsProtocol: String?
+        var deflate: [DeflateParameters?]
+        var extensionAnswer: String?
     }
 
     /// Resolves the endpoint once.
@@ -123,7 +136,8 @@ struct Connector {
     /// Opens `paths.count` connections (one per path) and returns them in the same order.
     func open(paths: [String], progress: (Int) -> Void) throws -> Result {
         let o = try run(paths: paths, churn: false, progress: progress)
-        return Result(fds: o.fds, sessions: o.sessions, failed: o.failed, errors: o.errors, seconds: o.seconds, tlsProtocol: o.tlsProtocol)
+        return Result(fds: o.fds, sessions: o.sessions, failed: o.failed, errors: o.errors, seconds: o.seconds, tlsProtocol: o.tlsProtocol,
+                      deflate: o.deflate, extensionAnswer: o.extensionAnswer)
     }
 
     /// Opens and closes one connection per path, `window` at a time (connection-rate measurement).
@@ -140,7 +154,8 @@ struct Connector {
         let addr = try address()
         let tlsBuffers = endpoint.tls ? TLSBuffers(plainCapacity: 16 * 1024, outCapacity: 16 * 1024) : nil
         var out = Outcome(fds: churn ? [] : [Int32](repeating: -1, count: paths.count),
-                          sessions: churn ? [] : [OpaquePointer?](repeating: nil, count: paths.count))
+                          sessions: churn ? [] : [OpaquePointer?](repeating: nil, count: paths.count),
+                          deflate: churn ? [] : [DeflateParameters?](repeating: nil, count: paths.count))
         var next = 0
         var pending: [Pending] = []
         var pollfds: [pollfd] = []
@@ -205,6 +220,24 @@ struct Connector {
             }
             guard accepted else { return fail(p, "bad Sec-WebSocket-Accept") }
             if p.response.count > end { return fail(p, "unexpected bytes after the 101 response") }
+            var answers: [String] = []
+            for line in head.split(separator: "\r\n") {
+                let parts = line.split(separator: ":", maxSplits: 1)
+                if parts.count == 2 && parts[0].lowercased() == "sec-websocket-extensions" {
+                    answers.append(parts[1].trimmingCharacters(in: .whitespaces))
+                }
+            }
+            if !answers.isEmpty {
+                guard offerDeflate else { return fail(p, "an extension answered that was not offered: \(answers)") }
+                guard answers.count == 1 else { return fail(p, "several Sec-WebSocket-Extensions answers: \(answers)") }
+                switch parseDeflateAnswer(answers[0]) {
+                case .success(let params):
+                    if out.extensionAnswer == nil { out.extensionAnswer = answers[0] }
+                    if !churn { out.deflate[p.index] = params }
+                case .failure(let why):
+                    return fail(p, "bad permessage-deflate answer (\(why.description)): \(answers[0])")
+                }
+            }
             if out.tlsProtocol == nil, let s = p.session { out.tlsProtocol = String(cString: ctls_protocol(s)) }
             if !churn { return finish(p) }
             let now = monotonicNanos()
@@ -316,7 +349,8 @@ struct Connector {
                 let fd = socket(addr.family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
                 let keyBytes = (0..<16).map { _ in UInt8.random(in: 0...255) }
                 let key = base64Encode(keyBytes)
-                let request = Array("GET \(paths[next]) HTTP/1.1\r\nHost: \(endpoint.hostHeader)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n\r\n".utf8)
+                let offer = offerDeflate ? "Sec-WebSocket-Extensions: \(Connector.deflateOffer)\r\n" : ""
+                let request = Array("GET \(paths[next]) HTTP/1.1\r\nHost: \(endpoint.hostHeader)\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: \(key)\r\nSec-WebSocket-Version: 13\r\n\(offer)\r\n".utf8)
                 let p = Pending(index: next, fd: fd, request: request, accept: webSocketAccept(key: key), secured: !endpoint.tls)
                 next += 1
                 if fd < 0 {

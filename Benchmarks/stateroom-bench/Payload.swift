@@ -57,6 +57,18 @@ enum Payload {
         return template.count
     }
 
+    /// Writes the unmasked payload of one message (`size` bytes: the fields, then `x` padding) at
+    /// `out`, for a sender whose frames are built per message (compressed ones).
+    @inline(__always)
+    static func writePlain(to out: UnsafeMutableRawPointer, size: Int, time: UInt64, sender: UInt32, sequence: UInt32) -> Int {
+        for i in 0..<16 { out.storeBytes(of: hexDigit(time >> UInt64(60 - 4 * i)), toByteOffset: i, as: UInt8.self) }
+        let s = UInt64(sender), q = UInt64(sequence)
+        for i in 0..<8 { out.storeBytes(of: hexDigit(s >> UInt64(28 - 4 * i)), toByteOffset: 16 + i, as: UInt8.self) }
+        for i in 0..<8 { out.storeBytes(of: hexDigit(q >> UInt64(28 - 4 * i)), toByteOffset: 24 + i, as: UInt8.self) }
+        if size > headerLength { (out + headerLength).initializeMemory(as: UInt8.self, repeating: UInt8(ascii: "x"), count: size - headerLength) }
+        return size
+    }
+
     /// Parses `count` hex digits at `p`; nil if any is not lowercase hex.
     @inline(__always)
     static func parseHex(_ p: UnsafeRawPointer, _ count: Int) -> UInt64? {
@@ -70,12 +82,12 @@ enum Payload {
         return v
     }
 
-    /// The fields of a received message, or nil if it is not one of ours.
+    /// The fields of a received message (hex or ``JSONMessage``), or nil if it is not one of ours.
     @inline(__always)
     static func parse(_ payload: UnsafeRawBufferPointer) -> (time: UInt64, sender: UInt32, sequence: UInt32)? {
-        guard payload.count >= headerLength, let base = payload.baseAddress,
-              let t = parseHex(base, 16), let s = parseHex(base + 16, 8), let q = parseHex(base + 24, 8)
-        else { return nil }
+        guard payload.count >= headerLength, let base = payload.baseAddress else { return nil }
+        if base.load(as: UInt8.self) == UInt8(ascii: "{") { return JSONMessage.parse(payload) }
+        guard let t = parseHex(base, 16), let s = parseHex(base + 16, 8), let q = parseHex(base + 24, 8) else { return nil }
         return (t, UInt32(truncatingIfNeeded: s), UInt32(truncatingIfNeeded: q))
     }
 }

@@ -76,8 +76,22 @@ struct Scenario: Sendable, Codable {
     var connectCount: Int?
     /// Connection-rate run: connections in flight at once, per load thread.
     var connectWindow = 64
+    /// What the senders send: the hex-stamped padding, or a JSON-like game-state message of about
+    /// `size` bytes (``JSONMessage``), different every time.
+    var message: MessageKind = .hex
+    /// Offer permessage-deflate (`permessage-deflate; client_max_window_bits`, as browsers do):
+    /// compress what the senders send, inflate what arrives compressed.
+    var compression = false
+    /// Identical compressed payloads (a broadcast compressed once reaches every client of a load
+    /// thread as the same bytes) are inflated once per thread and checked byte for byte; off, every
+    /// compressed delivery is inflated on its own, as each browser would.
+    var inflateMemo = true
 
     var closedLoop: Bool { rate == nil }
+    /// The largest payload a sender produces (a JSON message is about `size` bytes, a little more).
+    var maxPayload: Int { message == .json ? JSONMessage.maxLength(size) : size }
+    /// The largest frame a sender produces (header and mask key included).
+    var maxFrame: Int { maxPayload + 14 }
     var connections: Int { rooms * clientsPerRoom }
     var isConnectRate: Bool { connectCount != nil }
 
@@ -87,7 +101,9 @@ struct Scenario: Sendable, Codable {
                 + (threads > 1 ? " per thread × \(threads) threads" : "") + ", \(rooms) room\(rooms == 1 ? "" : "s")"
         }
         let mode = rate.map { "\(formatCount($0)) msgs/s per sender" } ?? "closed loop"
-        return "\(rooms) room\(rooms == 1 ? "" : "s") × \(clientsPerRoom) clients, \(senders) sender\(senders == 1 ? "" : "s")/room, \(size) B, \(mode)"
+        let what = message == .json ? "~\(size) B JSON" : "\(size) B"
+        return "\(rooms) room\(rooms == 1 ? "" : "s") × \(clientsPerRoom) clients, \(senders) sender\(senders == 1 ? "" : "s")/room, \(what), \(mode)"
+            + (compression ? ", permessage-deflate offered" : "")
     }
 
     func validate() throws {
@@ -103,6 +119,9 @@ struct Scenario: Sendable, Codable {
         if rooms < 1 || clientsPerRoom < 1 { throw BenchError("--rooms and --clients-per-room must be at least 1") }
         if senders < 1 || senders > clientsPerRoom { throw BenchError("--senders must be between 1 and --clients-per-room") }
         if size < Payload.headerLength { throw BenchError("--size must be at least \(Payload.headerLength) bytes (timestamp, sender, sequence)") }
+        if message == .json && size < JSONMessage.minimumSize {
+            throw BenchError("--message json needs --size of at least \(JSONMessage.minimumSize) bytes")
+        }
         if let r = rate, !(r > 0) { throw BenchError("--rate must be positive") }
         if threads < 1 || threads > 64 { throw BenchError("--threads must be between 1 and 64") }
         if duration <= 0 || warmup < 0 { throw BenchError("--duration must be positive and --warmup not negative") }
@@ -110,6 +129,14 @@ struct Scenario: Sendable, Codable {
             throw BenchError("\(connections) connections: this machine's hard open-file limit is 20,000 per process; stay below ~19,000")
         }
     }
+}
+
+/// What senders send (`--message`).
+enum MessageKind: String, Codable, Sendable, CaseIterable {
+    /// Hex fields and `x` padding to `--size` (compresses to almost nothing).
+    case hex
+    /// A JSON-like game-state update of about `--size` bytes (``JSONMessage``).
+    case json
 }
 
 /// Named scenarios of the issue, so a run is reproducible by name.

@@ -82,6 +82,7 @@ enum Report {
             rows.append(("server CPU", "n/a (give --server-pid or --spawn)"))
         }
         rows.append(("bench CPU", String(format: "%.2f s (%.0f%% of a core; busiest thread %.0f%%)", r.benchCPUSeconds, 100 * r.benchCPUUtilization, 100 * r.benchBusiestThreadUtilization)))
+        rows += wireRows(r)
         rows.append(("result", r.passed ? "PASS" : "FAIL: " + r.failures.joined(separator: "; ")))
         let w = rows.map { $0.0.count }.max() ?? 0
         var out = rows.map { $0.0.padding(toLength: w, withPad: " ", startingAt: 0) + "  " + $0.1 }.joined(separator: "\n")
@@ -99,6 +100,30 @@ enum Report {
                 + "or add --threads."
         }
         return out
+    }
+
+    /// Rows about the message, permessage-deflate and the bytes on the wire.
+    static func wireRows(_ r: RunResult) -> [(String, String)] {
+        var rows: [(String, String)] = []
+        if r.scenario.message == .json { rows.append(("message", "JSON-like game state, ~\(r.scenario.size) B, different every message")) }
+        if let c = r.compression {
+            rows.append(("permessage-deflate", "offered (\(c.offer)); agreed by \(c.agreedConnections) of \(r.connectionsEstablished) connections"
+                + (c.answer.map { ": \($0)" } ?? " (declined)")))
+        }
+        if let w = r.wire {
+            rows.append(("wire bytes / delivery", String(format: "%.1f B received per delivery for %.1f B messages: %.2f× their plain frames (%.1f:1)",
+                                                        w.bytesPerDelivery, w.payloadBytesPerDelivery, w.wireToPlain,
+                                                        w.wireToPlain > 0 ? 1 / w.wireToPlain : 0)))
+            if r.compression != nil {
+                let inWindow = r.deliveriesPerSecond * r.windowSeconds
+                let share = inWindow > 0 ? 100 * Double(w.compressedDeliveries) / inWindow : 0
+                rows.append(("  compressed", String(format: "%d deliveries in the window came compressed (%.0f%%); of %d compressed messages received, %d were the same bytes a load thread had just inflated (memo)",
+                                                    w.compressedDeliveries, min(share, 100), w.compressedReceived, w.memoHits)))
+                rows.append(("  sent", String(format: "%.1f B per message for %.1f B messages, %d of %d compressed",
+                                              w.sentFrameBytesPerMessage, w.sentPayloadBytesPerMessage, w.compressedSends, r.messagesSent)))
+            }
+        }
+        return rows
     }
 
     static func json<T: Encodable>(_ value: T) -> String {

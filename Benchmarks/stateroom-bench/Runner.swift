@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Histogram
 import IOCore
+import WireProtocol
 
 /// Everything one run measured.
 struct RunResult: Codable, Sendable {
@@ -57,8 +58,44 @@ struct RunResult: Codable, Sendable {
     /// A compiler (swift-build / swift-frontend) ran on the machine during the run: its numbers are
     /// suspect (``--compare`` repeats such runs).
     var disturbed: Bool
+    /// Bytes on the wire (message runs).
+    var wire: Wire?
+    /// permessage-deflate, when the bench offered it (`--compression`).
+    var compression: Compression?
     var passed: Bool
     var failures: [String]
+
+    /// What travelled, per delivery and per message sent.
+    struct Wire: Codable, Sendable {
+        /// Bytes the bench's sockets received in the window ÷ deliveries in it: frames as they came
+        /// (compressed, headers, pings; TLS records with TLS).
+        var bytesPerDelivery: Double
+        /// The messages' own size (after inflation) per delivery.
+        var payloadBytesPerDelivery: Double
+        /// `bytesPerDelivery` ÷ the bytes the same messages take as plain frames (payload + header):
+        /// about 1 without compression, 0.4 for a message that compresses to 40%.
+        var wireToPlain: Double
+        /// Deliveries in the window that came compressed (RSV1).
+        var compressedDeliveries: Int
+        /// Frame bytes a sender produced per message (before TLS), and its message bytes.
+        var sentFrameBytesPerMessage: Double
+        var sentPayloadBytesPerMessage: Double
+        /// Messages the senders sent compressed.
+        var compressedSends: Int
+        /// Compressed messages received (whole run), and how many of them the load threads' memo
+        /// served (the same compressed bytes just inflated for another client; `--inflate-all` off).
+        var compressedReceived: Int
+        var memoHits: Int
+    }
+
+    struct Compression: Codable, Sendable {
+        /// The offer each connection made.
+        var offer: String
+        /// Connections that agreed to permessage-deflate, of those established.
+        var agreedConnections: Int
+        /// The server's first `Sec-WebSocket-Extensions` answer (nil: it declined every offer).
+        var answer: String?
+    }
 
     struct Latency: Codable, Sendable {
         var count: UInt64
@@ -219,7 +256,7 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, tls: TLSClient? = nil
             senderIndex.append(k < scenario.senders ? k : -1)
         }
     }
-    let connector = Connector(endpoint: endpoint, window: 256, timeout: 15, tls: tls)
+    let connector = Connector(endpoint: endpoint, window: 256, timeout: 15, tls: tls, offerDeflate: scenario.compression)
     var opened = try connector.open(paths: paths) { n in
         progress.line("[\(label)] connecting: \(n)/\(paths.count)")
     }
@@ -239,12 +276,13 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, tls: TLSClient? = nil
     for (i, fd) in opened.fds.enumerated() where fd >= 0 {
         let w = scenario.rooms >= threads ? rooms[i] % threads : i % threads
         // The Conn owns the TLS session from here (frees it).
-        let c = Conn(slot: UInt32(perWorker[w].count), fd: fd, tls: opened.sessions[i], room: rooms[i], senderIndex: senderIndex[i],
-                     sendersPerRoom: scenario.senders, frameSize: scenario.size + 14)
+        let c = Conn(slot: UInt32(perWorker[w].count), fd: fd, tls: opened.sessions[i], deflate: opened.deflate[i], room: rooms[i],
+                     senderIndex: senderIndex[i], sendersPerRoom: scenario.senders, frameSize: scenario.maxFrame)
         opened.sessions[i] = nil
         if senderIndex[i] >= 0 {
             templateKey = templateKey &+ 37
             c.template = Payload.Template(size: scenario.size, key: (templateKey, 0x5A, templateKey ^ 0xA5, 0x3C))
+            c.maskKey = (templateKey, 0x5A, templateKey ^ 0xA5, 0x3C)
             senderCount += 1
         }
         perWorker[w].append(c)
@@ -335,6 +373,14 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, tls: TLSClient? = nil
         total.foreign += t.foreign
         total.closed += t.closed
         total.cpuSeconds += t.cpuSeconds
+        total.windowWireBytes += t.windowWireBytes
+        total.windowPayloadBytes += t.windowPayloadBytes
+        total.windowCompressedDeliveries += t.windowCompressedDeliveries
+        total.sentFrameBytes += t.sentFrameBytes
+        total.sentPayloadBytes += t.sentPayloadBytes
+        total.sentCompressed += t.sentCompressed
+        total.inflations += t.inflations
+        total.inflationsSkipped += t.inflationsSkipped
         for (k, v) in t.errors { total.errors[k, default: 0] += v }
         total.histogram.add(t.histogram)
         total.senderLag.add(t.senderLag)
@@ -375,6 +421,20 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, tls: TLSClient? = nil
     if total.closed > 0 { failures.append("\(total.closed) connection(s) closed during the run: \(total.errors.map { "\($0.key) ×\($0.value)" }.joined(separator: ", "))") }
     if total.sent == 0 { failures.append("no message was sent") }
     let established = opened.fds.filter { $0 >= 0 }.count
+    let deliveries = Double(max(total.windowDeliveries, 1))
+    let payloadPerDelivery = Double(total.windowPayloadBytes) / deliveries
+    let plainFrame = payloadPerDelivery + Double(frameHeaderSize(payloadLength: Int(payloadPerDelivery)))
+    let bytesPerDelivery = Double(total.windowWireBytes) / deliveries
+    let wire = RunResult.Wire(
+        bytesPerDelivery: bytesPerDelivery, payloadBytesPerDelivery: payloadPerDelivery,
+        wireToPlain: plainFrame > 0 ? bytesPerDelivery / plainFrame : 0, compressedDeliveries: total.windowCompressedDeliveries,
+        sentFrameBytesPerMessage: Double(total.sentFrameBytes) / Double(max(total.sent, 1)),
+        sentPayloadBytesPerMessage: Double(total.sentPayloadBytes) / Double(max(total.sent, 1)),
+        compressedSends: total.sentCompressed, compressedReceived: total.inflations, memoHits: total.inflationsSkipped)
+    let compression = scenario.compression
+        ? RunResult.Compression(offer: Connector.deflateOffer, agreedConnections: opened.deflate.filter { $0 != nil }.count,
+                                answer: opened.extensionAnswer)
+        : nil
     return RunResult(
         label: label, url: endpoint.description, scenario: scenario, tls: endpoint.tls, tlsProtocol: opened.tlsProtocol,
         connectionsRequested: paths.count, connectionsEstablished: established, connectionsFailed: opened.failed,
@@ -389,5 +449,5 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, tls: TLSClient? = nil
         serverCPUMicrosecondsPerDelivery: serverCPU.map { $0 / max(Double(total.windowDeliveries), 1) * 1e6 },
         serverCPUUtilization: serverCPU.map { $0 / window }, serverLooksIdle: serverLooksIdle,
         benchCPUSeconds: benchCPU, benchCPUUtilization: benchUtil, benchBusiestThreadUtilization: busiest,
-        benchSaturated: saturated, disturbed: disturbed, passed: failures.isEmpty, failures: failures)
+        benchSaturated: saturated, disturbed: disturbed, wire: wire, compression: compression, passed: failures.isEmpty, failures: failures)
 }

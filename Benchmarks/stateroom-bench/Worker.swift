@@ -55,8 +55,17 @@ final class Conn {
     let msg: UnsafeMutablePointer<msghdr>
     let iov: UnsafeMutablePointer<iovec>
 
+    /// permessage-deflate as agreed at the upgrade (nil: none); with it the parser accepts RSV1.
+    let deflate: DeflateParameters?
+    /// The compressor for this sender's messages (nil: they go plain; a window of 8 bits).
+    var compressor: DeflateCompressor?
+    /// Only when the server keeps its compression context across messages: this connection's inflater.
+    var inflater: DeflateDecompressor?
+
     // Sender state.
     var template: Payload.Template?
+    /// The mask key of frames built per message (compressed or JSON ones).
+    var maskKey: (UInt8, UInt8, UInt8, UInt8) = (0x11, 0x22, 0x33, 0x44)
     var nextSeq: UInt32 = 0
     var nextDue: UInt64 = 0
     var awaitingEcho = false
@@ -67,10 +76,13 @@ final class Conn {
     /// Per sender of the room: the next sequence number expected.
     var expect: [UInt32]
 
-    init(slot: UInt32, fd: Int32, tls: OpaquePointer? = nil, room: Int, senderIndex: Int, sendersPerRoom: Int, frameSize: Int) {
+    init(slot: UInt32, fd: Int32, tls: OpaquePointer? = nil, deflate: DeflateParameters? = nil, room: Int, senderIndex: Int,
+         sendersPerRoom: Int, frameSize: Int) {
         self.slot = slot
         self.fd = fd
         self.tls = tls
+        self.deflate = deflate
+        parser.acceptsCompressed = deflate != nil
         self.room = room
         self.senderIndex = senderIndex
         self.globalSender = UInt32(room * sendersPerRoom + max(senderIndex, 0))
@@ -119,6 +131,18 @@ struct WorkerTally {
     var errors: [String: Int] = [:]
     var cpuSeconds = 0.0
     var windowSeconds = 0.0
+    /// In the window: bytes the sockets received (frames as they came: compressed, with headers;
+    /// ciphertext with TLS), the deliveries' message bytes (inflated), deliveries that came compressed.
+    var windowWireBytes = 0
+    var windowPayloadBytes = 0
+    var windowCompressedDeliveries = 0
+    /// Every message sent: frame bytes (before TLS), message bytes, how many went compressed.
+    var sentFrameBytes = 0
+    var sentPayloadBytes = 0
+    var sentCompressed = 0
+    /// Compressed deliveries inflated, and those served by the memo (same bytes just inflated).
+    var inflations = 0
+    var inflationsSkipped = 0
     var histogram = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000_000, numberOfSignificantValueDigits: .three)
     /// Open loop: how late each send left against the schedule of the oldest message it carried.
     var senderLag = Histogram<UInt64>(lowestDiscernibleValue: 1, highestTrackableValue: 120_000_000_000, numberOfSignificantValueDigits: .two)
@@ -152,6 +176,10 @@ final class Worker: @unchecked Sendable {
     private var tlsBuffers: TLSBuffers?
     /// TLS: a sender's message is stamped here, then sealed.
     private var stamp: UnsafeMutableRawPointer?
+    /// Frames built per message (JSON, compressed) and inflation (nil when neither happens).
+    private var work: DeflateWork?
+    /// Senders' frames are built per message rather than stamped from a template.
+    private let buildsFrames: Bool
 
     init(conns: [Conn], scenario: Scenario, clock: RunClock, shared: SharedState, roomSizes: [Int]) {
         self.conns = conns
@@ -161,6 +189,7 @@ final class Worker: @unchecked Sendable {
         self.shared = shared
         self.roomSizes = roomSizes
         self.interval = scenario.rate.map { UInt64(1e9 / $0) } ?? 0
+        self.buildsFrames = scenario.message == .json
         dirty.reserveCapacity(conns.count)
     }
 
@@ -180,8 +209,17 @@ final class Worker: @unchecked Sendable {
             return
         }
         if conns.contains(where: { $0.tls != nil }) {
-            tlsBuffers = TLSBuffers(plainCapacity: 64 * 1024, outCapacity: max(64 * 1024, 2 * (scenario.size + 14)))
-            stamp = .allocate(byteCount: scenario.size + 14, alignment: 64)
+            tlsBuffers = TLSBuffers(plainCapacity: 64 * 1024, outCapacity: max(64 * 1024, 2 * scenario.maxFrame))
+            stamp = .allocate(byteCount: scenario.maxFrame, alignment: 64)
+        }
+        if buildsFrames || conns.contains(where: { $0.deflate != nil }) {
+            let w = DeflateWork(maxPayload: scenario.maxPayload, memo: scenario.inflateMemo)
+            work = w
+            for c in conns {
+                guard let d = c.deflate else { continue }
+                if c.senderIndex >= 0 { c.compressor = w.compressor(windowBits: d.clientMaxWindowBits) }
+                if !d.serverNoContextTakeover { c.inflater = DeflateDecompressor(windowBits: 15, noContextTakeover: false) }
+            }
         }
         for c in conns {
             loop.armReceive(fd: c.fd, tag: Tag(op: .recv, slot: c.slot, generation: 0), multishot: true)
@@ -254,7 +292,10 @@ final class Worker: @unchecked Sendable {
     @inline(__always)
     private func sendNext(_ s: Conn, time: UInt64) {
         guard let t = s.template, s.alive else { return }
-        if let session = s.tls, let tb = tlsBuffers, let stamp {
+        if buildsFrames || s.compressor != nil {
+            guard let work else { return }
+            buildAndQueue(s, time: time, work: work)
+        } else if let session = s.tls, let tb = tlsBuffers, let stamp {
             let n = Payload.write(t, to: stamp, time: time, sender: s.globalSender, sequence: s.nextSeq)
             guard ctls_write(session, tb.io, stamp, Int32(n)) == Int32(n) else {
                 tb.clearOut()
@@ -267,12 +308,72 @@ final class Worker: @unchecked Sendable {
             s.reserve(t.count)
             if s.pendingSince == 0 { s.pendingSince = time }
             s.pendingLen += Payload.write(t, to: s.pending + s.pendingLen, time: time, sender: s.globalSender, sequence: s.nextSeq)
+            tally.sentFrameBytes += t.count
+            tally.sentPayloadBytes += scenario.size
         }
+        if !s.alive { return }
         s.nextSeq &+= 1
         s.sentCount += 1
         s.awaitingEcho = true
         tally.sent += 1
         markDirty(s)
+    }
+
+    /// Writes the sender's next message (JSON or hex) into the work scratch, compresses it when the
+    /// connection agreed to permessage-deflate and it gets smaller, and queues it as one masked frame
+    /// (RSV1 when compressed), sealed with TLS. No allocation.
+    @inline(__always)
+    private func buildAndQueue(_ s: Conn, time: UInt64, work: DeflateWork) {
+        let n = scenario.message == .json
+            ? JSONMessage.write(to: work.plain, size: scenario.size, time: time, sender: s.globalSender, sequence: s.nextSeq, room: s.room)
+            : Payload.writePlain(to: work.plain, size: scenario.size, time: time, sender: s.globalSender, sequence: s.nextSeq)
+        var payload = UnsafeRawBufferPointer(start: work.plain, count: n)
+        var b0: UInt8 = 0x81  // FIN, text
+        if let c = s.compressor, let m = c.compress(payload, into: work.packed, capacity: work.packedCapacity) {
+            payload = UnsafeRawBufferPointer(start: work.packed, count: m)
+            b0 |= 0x40  // RSV1: compressed
+            tally.sentCompressed += 1
+        }
+        let count = payload.count
+        let header = count <= 125 ? 6 : (count <= 0xFFFF ? 8 : 14)
+        let frameLength = header + count
+        let dest: UnsafeMutableRawPointer
+        if s.tls != nil, let stamp {
+            dest = stamp
+        } else {
+            s.reserve(frameLength)
+            dest = s.pending + s.pendingLen
+        }
+        dest.storeBytes(of: b0, as: UInt8.self)
+        if count <= 125 {
+            dest.storeBytes(of: 0x80 | UInt8(count), toByteOffset: 1, as: UInt8.self)
+        } else if count <= 0xFFFF {
+            dest.storeBytes(of: 0x80 | 126, toByteOffset: 1, as: UInt8.self)
+            dest.storeBytes(of: UInt16(count).bigEndian, toByteOffset: 2, as: UInt16.self)
+        } else {
+            dest.storeBytes(of: 0x80 | 127, toByteOffset: 1, as: UInt8.self)
+            dest.storeBytes(of: UInt64(count).bigEndian, toByteOffset: 2, as: UInt64.self)
+        }
+        let k = s.maskKey
+        dest.storeBytes(of: k.0, toByteOffset: header - 4, as: UInt8.self)
+        dest.storeBytes(of: k.1, toByteOffset: header - 3, as: UInt8.self)
+        dest.storeBytes(of: k.2, toByteOffset: header - 2, as: UInt8.self)
+        dest.storeBytes(of: k.3, toByteOffset: header - 1, as: UInt8.self)
+        (dest + header).copyMemory(from: payload.baseAddress!, byteCount: count)
+        unmask(UnsafeMutableRawBufferPointer(start: dest + header, count: count), key: k, phase: 0)
+        tally.sentFrameBytes += frameLength
+        tally.sentPayloadBytes += n
+        if s.pendingSince == 0 { s.pendingSince = time }
+        if let session = s.tls, let tb = tlsBuffers {
+            guard ctls_write(session, tb.io, dest, Int32(frameLength)) == Int32(frameLength) else {
+                tb.clearOut()
+                fail(s, "TLS write failed: \(tlsLastError())")
+                return
+            }
+            appendSealed(s, tb)
+        } else {
+            s.pendingLen += frameLength
+        }
     }
 
     /// Moves the ciphertext the last ctls call produced to `c`'s pending bytes.
@@ -365,6 +466,8 @@ final class Worker: @unchecked Sendable {
         switch comp.tag.op {
         case .recv:
             if comp.result > 0, let id = comp.bufferID {
+                let now = monotonicNanos()
+                if now >= clock.measureStart && now < clock.measureEnd { tally.windowWireBytes += Int(comp.result) }
                 let buf = loop.buffer(id, count: Int(comp.result))
                 if c.alive {
                     if c.tls != nil { open(c, buf) } else { parse(c, buf) }
@@ -439,51 +542,81 @@ final class Worker: @unchecked Sendable {
         }
     }
 
+    /// One message delivered to `c` (inflated if it came compressed): latency, order, closed loop.
+    @inline(__always)
+    private func deliver(_ c: Conn, _ payload: UnsafeRawBufferPointer, now: UInt64, inWindow: Bool, compressed: Bool) {
+        guard let f = Payload.parse(payload) else {
+            tally.foreign += 1
+            return
+        }
+        let sendersPerRoom = scenario.senders
+        let room = Int(f.sender) / sendersPerRoom
+        let s = Int(f.sender) % sendersPerRoom
+        guard room == c.room else {
+            tally.foreign += 1
+            return
+        }
+        let want = c.expect[s]
+        if f.sequence == want {
+            c.expect[s] = want &+ 1
+        } else if f.sequence > want {
+            tally.gaps += 1
+            c.expect[s] = f.sequence &+ 1
+        } else {
+            tally.reordered += 1
+        }
+        tally.received += 1
+        if inWindow {
+            tally.windowDeliveries += 1
+            tally.windowPayloadBytes += payload.count
+            if compressed { tally.windowCompressedDeliveries += 1 }
+        }
+        if f.time >= clock.measureStart && f.time < clock.measureEnd && now >= f.time {
+            _ = tally.histogram.record(now - f.time)
+        }
+        if scenario.closedLoop && s == c.senderIndex && c.awaitingEcho && f.sequence &+ 1 == c.nextSeq {
+            c.awaitingEcho = false
+            if !stopped { sendNext(c, time: monotonicNanos()) }
+        }
+    }
+
     private func parse(_ c: Conn, _ buf: UnsafeMutableRawBufferPointer) {
         var offset = 0
         let now = monotonicNanos()
         let inWindow = now >= clock.measureStart && now < clock.measureEnd
-        let sendersPerRoom = scenario.senders
         while true {
             switch c.parser.next(buf, offset: &offset) {
             case .needMore:
                 return
             case .message(_, let payload):
-                guard let f = Payload.parse(payload) else {
-                    tally.foreign += 1
-                    continue
+                deliver(c, payload, now: now, inWindow: inWindow, compressed: false)
+            case .compressedMessage(_, let payload):
+                guard c.deflate != nil, let work else {
+                    fail(c, "the server sent a compressed message, but no compression was agreed")
+                    return
                 }
-                let room = Int(f.sender) / sendersPerRoom
-                let s = Int(f.sender) % sendersPerRoom
-                guard room == c.room else {
-                    tally.foreign += 1
-                    continue
-                }
-                let want = c.expect[s]
-                if f.sequence == want {
-                    c.expect[s] = want &+ 1
-                } else if f.sequence > want {
-                    tally.gaps += 1
-                    c.expect[s] = f.sequence &+ 1
+                tally.inflations += 1
+                if let own = c.inflater {
+                    // The server keeps its context: this connection's own inflater, no memo.
+                    guard case .ok(let n) = own.decompress(payload, limit: DeflateWork.inflateLimit, into: &work.inflated) else {
+                        fail(c, "a compressed message from the server does not inflate")
+                        return
+                    }
+                    work.inflated.withUnsafeBytes { deliver(c, UnsafeRawBufferPointer(rebasing: $0[0..<n]), now: now, inWindow: inWindow, compressed: true) }
                 } else {
-                    tally.reordered += 1
+                    let hits = work.memoHits
+                    let ok = work.inflate(payload) { deliver(c, $0, now: now, inWindow: inWindow, compressed: true) }
+                    if work.memoHits != hits { tally.inflationsSkipped += 1 }
+                    guard ok else {
+                        fail(c, "a compressed message from the server does not inflate")
+                        return
+                    }
                 }
-                tally.received += 1
-                if inWindow { tally.windowDeliveries += 1 }
-                if f.time >= clock.measureStart && f.time < clock.measureEnd && now >= f.time {
-                    _ = tally.histogram.record(now - f.time)
-                }
-                if scenario.closedLoop && s == c.senderIndex && c.awaitingEcho && f.sequence &+ 1 == c.nextSeq {
-                    c.awaitingEcho = false
-                    if !stopped { sendNext(c, time: monotonicNanos()) }
-                }
+                if !c.alive { return }
             case .ping(let data):
                 var pong: [UInt8] = []
                 encodeClientFrame(opcode: .pong, payload: UnsafeRawBufferPointer(data), maskKey: (1, 2, 3, 4), into: &pong)
                 queueFrame(c, pong)
-            case .compressedMessage:
-                fail(c, "the server sent a compressed message, but no compression was agreed")
-                return
             case .pong:
                 continue
             case .close(let code, _):

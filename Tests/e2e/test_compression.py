@@ -761,22 +761,22 @@ def test_min_bytes_threshold_and_incompressible_messages(server_factory):
         assert code == 1000 and ws.close_frame.rsv == 0
 
 
-def test_counter_and_chat_replies_to_a_deflate_client(server_factory):
-    """Built-in services with a compressing client: the counter's short replies go plain, chat
-    messages of a long line come back compressed."""
+def test_chat_service_broadcasts_to_deflate_and_plain_clients(server_factory):
+    """The chat service (its own text, sent to one client, to everyone but one, to everyone) with a
+    compressing client and a plain one: short notices and a long chat line reach both intact, and
+    the long line went through the compressor."""
     server = server_factory(service="chat")
 
     async def main():
         async with ws_connect(server.ws_url("chat"), compression="deflate") as a, \
                 ws_connect(server.ws_url("chat"), compression=None) as b:
-            first = await recv(a)
-            await recv(b)
-            await recv(a)  # b joined
+            assert (await recv(a)).startswith("Welcome, ")
+            assert (await recv(b)).startswith("Welcome, ")
+            assert (await recv(a)).endswith("has joined the chat")
             line = "hello " * 100
             await a.send(line)
             got_a, got_b = await recv(a), await recv(b)
             assert got_a == got_b and got_a.endswith(line), (got_a[:80], got_b[:80])
-            assert first
     run(main())
     wait_metric(server, "stateroom_messages_compressed_total", lambda v: v >= 1, "the chat line was not compressed")
 
@@ -841,7 +841,7 @@ def test_fragmented_compressed_messages_are_delivered_whole(server_factory):
             for who, ws in (("plain", plain), ("sender", sender)):
                 op, compressed, raw, got = via_room(ws, sender, name, 10)
                 assert (op, got) == (opcode, data), f"{name}: {who} got {op}/{len(got)} bytes"
-            # the ping between fragments was answered
+        # every ping sent between fragments was answered
         pongs = [f for f in sender.frames_seen if f.opcode == OP_PONG]
         assert len(pongs) == len(cases) and all(p.payload == b"mid" for p in pongs), pongs
 
@@ -1032,9 +1032,9 @@ def test_compressed_text_inflating_to_invalid_utf8_closes_1007(server_factory, f
         else:
             ws.send_frame(OP_TEXT, comp, rsv=RSV1)
         expect_close(ws, 1007, "invalid UTF-8 after inflation")
-        # a truncated multi-byte character at the end of a compressed text message
         plain.send_text(b"plain still works")
         assert plain.recv_data()[3] == b"plain still works"
+    # a multi-byte character cut short at the end of a compressed text message
     with DeflateClient.open(server, "/ws/utf8") as ws:
         ws.send_frame(OP_TEXT, deflate(b"abc" * 50 + "\u20ac".encode()[:2]), rsv=RSV1)
         expect_close(ws, 1007, "truncated UTF-8 sequence after inflation")
