@@ -209,8 +209,7 @@ ctls_conn *ctls_conn_new(ctls_ctx *ctx, const char *server_name) {
     if (!ssl) return NULL;
     BIO *bio = BIO_new(io_method);
     if (!bio) { SSL_free(ssl); return NULL; }
-    BIO_up_ref(bio);
-    SSL_set_bio(ssl, bio, bio);  // one BIO both ways; SSL_set_bio takes both references
+    SSL_set_bio(ssl, bio, bio);  // one BIO both ways: SSL_set_bio takes our reference and adds the second itself
     if (server_name) {
         X509_VERIFY_PARAM *param = SSL_get0_param(ssl);
         if (X509_VERIFY_PARAM_set1_ip_asc(param, server_name) != 1) {
