@@ -27,6 +27,10 @@ public struct CompressionConfiguration: Sendable {
     public var clientNoContextTakeover = true
     /// The window clients that offer `client_max_window_bits` are asked to compress with (8...15).
     public var clientMaxWindowBits = 15
+    /// zlib's level for outgoing messages (1...9). A broadcast is compressed once whatever the
+    /// number of recipients, so a thorough level costs little per delivery: 6 (zlib's default)
+    /// makes 1 KiB JSON messages about 10% smaller than 1, for about 15% more time per message.
+    public var level = 6
 
     public init() {}
 
@@ -89,6 +93,8 @@ final class ConnectionDeflate {
 /// A shard's compression scratch: the compressor every broadcast goes through, the inflater
 /// shared by clients without context takeover, and the buffers they write into.
 final class CompressionWorkspace {
+    let level: Int
+
     /// By window bits (index bits - 8): 15 for nearly every client; a client that limited the
     /// server's window (server_max_window_bits) gets messages compressed within it.
     private var compressors = [DeflateCompressor?](repeating: nil, count: 8)
@@ -99,7 +105,7 @@ final class CompressionWorkspace {
         // libdeflate's final block: RFC 7692 allows that too, and it is 2x faster at 1 KiB, but
         // inflaters that stop at the end of a stream (uWebSockets') reject it. A broadcast is
         // compressed once, so the difference is spread over its recipients.
-        let c = DeflateCompressor(windowBits: windowBits, level: 1, backend: .zlib)
+        let c = DeflateCompressor(windowBits: windowBits, level: level, backend: .zlib)
         compressors[windowBits - 8] = c
         return c
     }
@@ -111,7 +117,8 @@ final class CompressionWorkspace {
     private(set) var scratch: UnsafeMutableRawPointer
     private(set) var scratchCapacity: Int
 
-    init() {
+    init(level: Int) {
+        self.level = level
         scratchCapacity = 64 << 10
         scratch = .allocate(byteCount: scratchCapacity, alignment: 16)
     }

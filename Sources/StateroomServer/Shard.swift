@@ -66,7 +66,7 @@ final class Shard {
     var tlsContext: TLSContext?
     lazy var tlsWorkspace = TLSWorkspace()
     /// The shard's compressor, shared inflater and their buffers (made on first use).
-    lazy var compression = CompressionWorkspace()
+    lazy var compression = CompressionWorkspace(level: config.compression.level)
     @exclusivity(unchecked) private var counters = [Int](repeating: 0, count: ShardStats.Counter.allCases.count)
     /// The loop turn's clock reading (monotonic nanoseconds).
     @exclusivity(unchecked) var now: UInt64 = monotonicNanos()
