@@ -77,3 +77,25 @@ examples:
 
 guest-bench: examples
 	Examples/guest-bench.sh
+
+# Fuzzing and sanitizers (Fuzz/README.md). `make fuzz` builds every libFuzzer target (parsers of
+# untrusted bytes, each checking properties) into .build-fuzz and runs each for FUZZ_SECONDS
+# (default 60), printing libFuzzer's `Done N runs` line per target; it fails if any target
+# crashes, leaks or breaks a property (the input is kept in .build-fuzz/artifacts/<target>/).
+# `make sanitize` runs the unit tests under AddressSanitizer (with LeakSanitizer, .build-asan)
+# and then under ThreadSanitizer (.build-tsan). Both run under $(NICE): off the measured cores'
+# toes on a shared machine (NICE= to run at normal priority).
+FUZZ_SECONDS ?= 60
+NICE ?= nice -n 19
+.PHONY: fuzz sanitize sanitize-address sanitize-thread
+fuzz: deps
+	FUZZ_SECONDS=$(FUZZ_SECONDS) NICE="$(NICE)" Fuzz/run.sh
+
+sanitize: sanitize-address sanitize-thread
+
+sanitize-address: deps
+	LSAN_OPTIONS=suppressions=$(CURDIR)/Fuzz/sanitizers/lsan.supp:print_suppressions=0 \
+		$(NICE) $(SWIFT) test --sanitize=address --scratch-path .build-asan
+
+sanitize-thread: deps
+	TSAN_OPTIONS=second_deadlock_stack=1 $(NICE) $(SWIFT) test --sanitize=thread --scratch-path .build-tsan
