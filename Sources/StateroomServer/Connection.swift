@@ -11,7 +11,7 @@ import WireProtocol
 /// `.http` for `.parked` when a response to an earlier request is still on its way out: the
 /// socket moves once that has drained, so no send of this shard's is in flight on it then.
 ///
-/// Kept compact (one allocation of about 150 bytes): a server holds one per idle client. What
+/// Kept compact (one allocation of about 170 bytes): a server holds one per idle client. What
 /// only a busy or unusual connection needs costs nothing while unused: a frame spanning buffers
 /// sits in the parser's lazy storage, queued frames in a ring the ``Outbox`` lends the queue
 /// only while it is not empty.
