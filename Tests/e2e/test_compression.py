@@ -40,6 +40,7 @@ from dataclasses import dataclass
 import pytest
 
 import wsraw
+from browser import browser_log
 from wsraw import (OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, RSV1, RSV2, RSV3,
                    RawWebSocket, expect, recv, run, ws_connect)
 
@@ -1238,25 +1239,6 @@ ws.onerror = () => log('error');
 ws.onclose = (e) => log('close ' + e.code);
 </script></body></html>
 """
-
-
-def browser_log(tmp_path, url: str) -> tuple[list[str], str]:
-    from test_tls import HeadlessChromium, chromium_binary
-    browser = HeadlessChromium(chromium_binary(), tmp_path / "profile")
-    try:
-        session = browser.open_page(url)
-        deadline = time.monotonic() + 15
-        log: list[str] = []
-        while time.monotonic() < deadline:
-            text = browser.evaluate(session, "document.getElementById('log') ? "
-                                             "document.getElementById('log').textContent : ''") or ""
-            log = text.splitlines()
-            if "done" in log or "error" in log:
-                break
-            time.sleep(0.1)
-        return log, browser.stderr_tail()
-    finally:
-        browser.close()
 
 
 def test_chromium_negotiates_permessage_deflate_with_the_counter(server_factory, tmp_path):

@@ -40,6 +40,7 @@ from pathlib import Path
 import pytest
 
 import wsraw
+from browser import browser_log, chromium_binary
 from conftest import TLSPair, make_cert_pair, openssl, server_binary
 from wsraw import OP_TEXT, RawWebSocket, expect, recv, run, ws_connect
 
@@ -990,99 +991,8 @@ ws.onclose = (e) => log('close ' + e.code);
 """
 
 
-def chromium_binary() -> str:
-    for candidate in (os.environ.get("CHROMIUM"), shutil.which("chromium"), shutil.which("chromium-browser"),
-                      "/usr/bin/chromium"):
-        if candidate and os.path.exists(candidate):
-            return candidate
-    pytest.fail("chromium is not installed (apt-get install chromium; `make test` installs it)", pytrace=False)
-
-
-class HeadlessChromium:
-    """Headless Chromium driven over the DevTools protocol (the ``websockets`` sync client).
-
-    ``--dump-dom --virtual-time-budget`` is not used: virtual time only waits for pending
-    fetches, not for WebSocket messages, so the DOM was sometimes dumped between two messages.
-    Here the test polls the page's DOM in real time until the script is done (bounded)."""
-
-    def __init__(self, binary: str, profile: Path, timeout: float = 20.0):
-        profile.mkdir(parents=True, exist_ok=True)
-        self.cmd = [binary, "--headless", "--no-sandbox", "--disable-gpu", "--ignore-certificate-errors",
-                    "--no-first-run", f"--user-data-dir={profile}", "--remote-debugging-port=0", "about:blank"]
-        self.stderr_path = profile.parent / "chromium-stderr.log"
-        self._err = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen(self.cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=self._err, start_new_session=True)
-        self.ws = None
-        self._stack = contextlib.ExitStack()
-        self.next_id = 0
-        port_file = profile / "DevToolsActivePort"
-        deadline = time.monotonic() + timeout
-        while True:
-            lines = port_file.read_text().split() if port_file.exists() else []
-            if len(lines) >= 2:
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.close()
-                pytest.fail(f"chromium did not open its DevTools port within {timeout}s "
-                            f"(rc {self.proc.returncode}): {' '.join(self.cmd)}\n{self.stderr_tail()}")
-            time.sleep(0.05)
-        from websockets.sync.client import connect
-        try:
-            self.ws = self._stack.enter_context(
-                connect(f"ws://127.0.0.1:{lines[0]}{lines[1]}", max_size=None, open_timeout=10))
-        except BaseException:
-            self.close()
-            raise
-
-    def stderr_tail(self) -> str:
-        try:
-            lines = self.stderr_path.read_text("utf-8", "replace").splitlines()
-        except OSError:
-            return ""
-        return "\n".join(line for line in lines if "dbus" not in line)[-3000:]
-
-    def call(self, method: str, params: dict | None = None, session: str | None = None,
-             timeout: float = 10.0) -> dict:
-        import json
-        self.next_id += 1
-        msg = {"id": self.next_id, "method": method, "params": params or {}}
-        if session:
-            msg["sessionId"] = session
-        self.ws.send(json.dumps(msg))
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise AssertionError(f"no DevTools answer to {method} within {timeout}s")
-            reply = json.loads(self.ws.recv(remaining))
-            if reply.get("id") == self.next_id:
-                if "error" in reply:
-                    raise AssertionError(f"DevTools {method}: {reply['error']}")
-                return reply["result"]
-
-    def open_page(self, url: str) -> str:
-        target = self.call("Target.createTarget", {"url": url})["targetId"]
-        return self.call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-
-    def evaluate(self, session: str, expression: str):
-        result = self.call("Runtime.evaluate", {"expression": expression, "returnByValue": True}, session)
-        return result.get("result", {}).get("value")
-
-    def close(self) -> None:
-        self._stack.close()  # the DevTools connection, if open
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)  # our own session: chromium and its helpers
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._err.close()
-
-
 def test_chromium_page_over_https_talks_wss_to_the_counter(tls_server, certs, tmp_path):
-    binary = chromium_binary()
+    chromium_binary()   # fails at once, with the reason, when chromium is missing
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text(BROWSER_PAGE)
@@ -1090,21 +1000,7 @@ def test_chromium_page_over_https_talks_wss_to_the_counter(tls_server, certs, tm
     url = server.http_url("/index.html")
     assert url.startswith("https://127.0.0.1:")
     with wss_raw(server, client_context(certs.a.cert), "/ws/browser") as watcher:
-        browser = HeadlessChromium(binary, tmp_path / "profile")
-        try:
-            session = browser.open_page(url)
-            deadline = time.monotonic() + 15
-            log: list[str] = []
-            while time.monotonic() < deadline:
-                text = browser.evaluate(session, "document.getElementById('log') ? "
-                                                 "document.getElementById('log').textContent : ''") or ""
-                log = text.splitlines()
-                if "done" in log or "error" in log:
-                    break
-                time.sleep(0.1)
-            stderr = browser.stderr_tail()
-        finally:
-            browser.close()
+        log, stderr = browser_log(tmp_path, url)
         assert log[:1] == ["page https:"], f"page not loaded over https (log {log}):\n{stderr}"
         for line in ("open", "message: new value: 1", "message: new value: 2", "done"):
             assert line in log, f"browser log lacks {line!r}: {log}\nchromium stderr:\n{stderr}"
