@@ -74,6 +74,12 @@ final class ShardStats: Sendable {
     func value(_ c: Counter) -> Int { values.withLock { $0[c.rawValue] } }
 }
 
+/// Counters of the whole process (not of one shard): certificate reloads.
+final class ProcessStats: Sendable {
+    let tlsReloads = Atomic<Int>(0)
+    let tlsReloadFailures = Atomic<Int>(0)
+}
+
 /// The Prometheus text exposition of all shards' counters, with a `shard` label and a sum, then
 /// the process-wide ones.
 func renderMetrics(_ shards: [ShardStats], _ process: ProcessStats) -> String {

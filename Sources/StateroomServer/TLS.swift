@@ -1,7 +1,6 @@
 import CTLS
 import Glibc
 import IOCore
-import Synchronization
 import WireProtocol
 
 // TLS (wss:// and https:// on the listening port) over OpenSSL with memory-only sessions: every
@@ -118,12 +117,6 @@ final class TLSWorkspace {
         ctls_last_error(&buf, buf.count)
         return String(decoding: buf.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
-}
-
-/// Counters of the whole process (not of one shard): certificate reloads.
-final class ProcessStats: Sendable {
-    let tlsReloads = Atomic<Int>(0)
-    let tlsReloadFailures = Atomic<Int>(0)
 }
 
 extension Shard {
