@@ -60,7 +60,7 @@ let package = Package(
         .target(
             name: "StateroomServer",
             dependencies: [
-                "IOCore", "WireProtocol", "Stateroom", "CTLS",
+                "IOCore", "WireProtocol", "Stateroom", "CTLS", "CLibCrypto",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
@@ -120,6 +120,7 @@ let package = Package(
         .testTarget(
             name: "StateroomServerTests",
             dependencies: ["StateroomServer", "Stateroom", "WireProtocol", "IOCore"],
+            exclude: ["Fixtures"],
             swiftSettings: strict
         ),
         .testTarget(

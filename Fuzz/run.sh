@@ -22,7 +22,7 @@ CLANG=${CLANG:-$(dirname "$(readlink -f "$SWIFTC")")/clang}
 OUT=${FUZZ_OUT:-.build-fuzz}
 FUZZ_SECONDS=${FUZZ_SECONDS:-60}
 NICE=${NICE-nice -n 19}
-ALL_TARGETS=(http ws_frames ws_roundtrip utf8 deflate abi tls)
+ALL_TARGETS=(http ws_frames ws_roundtrip utf8 deflate abi jwt tls)
 
 SWIFT_FLAGS=(-O -g -parse-as-library -swift-version 6 -use-ld=lld)
 # permessage-deflate (RSV1 in FrameParser, the inflater) is fuzzed where the sources have it.
@@ -138,6 +138,10 @@ build() {
         module Stateroom Sources/Stateroom/*.swift
         module StateroomWasm Sources/StateroomWasm/ABICodec.swift Sources/StateroomWasm/GuestRuntime.swift
         harness abi "$OUT/obj/Stateroom.o $OUT/obj/StateroomWasm.o" Fuzz/Support/FuzzSupport.swift Fuzz/abi/*.swift ;;
+    jwt)
+        # The verifier alone (it imports only CLibCrypto and FoundationEssentials), as StateroomServer.
+        module StateroomServer Sources/StateroomServer/Auth/JWT.swift
+        harness jwt "$OUT/obj/StateroomServer.o" Fuzz/Support/FuzzSupport.swift Fuzz/jwt/*.swift ;;
     tls)
         # ctls.c instrumented; the harness too (it is small); OpenSSL itself is not instrumented.
         $NICE "$CLANG" -O1 -g -fsanitize=fuzzer,address -fuse-ld=lld -Wall -Wextra -I Sources/CTLS/include \
@@ -155,6 +159,7 @@ options() {
     utf8) echo "-max_len=1024" ;;
     deflate) echo "-max_len=4096" ;;
     abi) echo "-max_len=512" ;;
+    jwt) echo "-max_len=9000 -dict=Fuzz/dict/jwt.dict" ;;   # past the 8 KiB token limit
     tls) echo "-max_len=8192" ;;
     esac
 }

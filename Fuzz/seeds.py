@@ -170,6 +170,42 @@ for name, data in deflate.items():
     write("deflate", name, data)
 
 
+# --- jwt: first byte even = a token as sent, odd = header JSON NUL payload JSON, signed by the target
+def jwt_seeds():
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(data):
+        return base64.urlsafe_b64encode(data).rstrip(b"=")
+
+    def hs256(header, payload, secret=b"fuzz-secret-0123456789"):  # the target's secret
+        signing_input = b64(header) + b"." + b64(payload)
+        return signing_input + b"." + b64(hmac.new(secret, signing_input, hashlib.sha256).digest())
+
+    header = b'{"alg":"HS256","typ":"JWT"}'
+    claims = b'{"sub":"alice","rooms":["lobby"],"exp":2000003600,"nbf":1999999000}'
+    jwt = {
+        "token-valid": b"\x00" + hs256(header, claims),
+        "token-wrong-secret": b"\x00" + hs256(header, claims, b"other"),
+        "token-none": b"\x00" + b64(b'{"alg":"none"}') + b"." + b64(b'{"sub":"a"}') + b".",
+        "token-rs256": b"\x02" + b64(b'{"alg":"RS256"}') + b"." + b64(b'{"sub":"a"}') + b"." + b64(bytes(256)),
+        "token-es256": b"\x02" + b64(b'{"alg":"ES256"}') + b"." + b64(b'{"sub":"a"}') + b"." + b64(bytes(range(64))),
+        "token-padded": b"\x00" + hs256(header, claims) + b"=",
+        "signed-claims": b"\x01" + claims,
+        "signed-expired": b"\x01" + b'{"sub":"a","exp":1999999000}',
+        "signed-types": b"\x01" + b'{"sub":7,"rooms":"x","exp":"soon","nbf":null}',
+        "signed-duplicate": b"\x01" + b'{"sub":"a","\\u0073ub":"b"}',
+        "signed-header": b"\x01" + b'{"alg":"HS256","crit":["b64"],"typ":"at+jwt"}\x00{"sub":"a"}',
+        "signed-deep": b"\x01" + b'{"sub":"a","x":' + b"[" * 600 + b"]" * 600 + b"}",
+    }
+    for name, data in jwt.items():
+        write("jwt", name, data)
+
+
+jwt_seeds()
+
+
 # --- tls: first byte even = raw client bytes, odd = piped real client -------------------------
 def client_hello(**kw):
     """A real ClientHello from Python's ssl module over memory BIOs (random each run)."""
