@@ -27,7 +27,7 @@ deps:
 			echo "missing system packages; run: sudo apt-get install -y$$missing"; exit 1; \
 		fi; \
 	fi
-	@$(PYTHON) -c "import websockets, pytest" 2>/dev/null || \
+	@$(PYTHON) -c "import websockets, pytest, jwt, cryptography" 2>/dev/null || \
 		$(PYTHON) -m pip install -q --disable-pip-version-check -r Tests/e2e/requirements.txt
 
 test: deps build examples unit-test e2e-test

@@ -12,9 +12,16 @@ public protocol StateroomContext {
     /// Ends the room because the service cannot go on: every client is closed with 1011
     /// (internal error) and `reason` is logged. The next connect to the room id starts afresh.
     func closeRoom(reason: String)
+    /// Who `client` is, as the server's authentication established it before the client joined
+    /// (a verified token's `sub`, or the identity an ``UpgradePolicy`` accepted it with); nil for
+    /// an anonymous client or one that is not in the room. Stable for the client's life in the room.
+    func identity(of client: ClientId) -> String?
 }
 
 extension StateroomContext {
+    /// No identities (contexts that have no authentication behind them).
+    public func identity(of client: ClientId) -> String? { nil }
+
     /// Sends a text message.
     public func send(_ text: String, to recipient: MessageRecipient) {
         send(.text(text), to: recipient)

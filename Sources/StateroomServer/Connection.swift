@@ -49,6 +49,9 @@ final class Connection {
     @exclusivity(unchecked) var queue = SendQueue()
     /// Send-coalescing state (``Coalescer``).
     @exclusivity(unchecked) var pacing = SendPacing()
+    /// The connection's place in the server-wide connection counts (given back when the
+    /// connection goes away); nil when no limit counts connections.
+    var admission: AdmissionTicket?
 
     init(slot: UInt32, generation: UInt32, fd: Int32, maxMessageSize: Int, now: UInt64) {
         self.slot = slot

@@ -8,6 +8,40 @@ struct AcceptedUpgrade: Sendable {
     let response: [UInt8]
     /// permessage-deflate as agreed in the response, if it was.
     var deflate: DeflateParameters?
+    /// Who the client joins as (nil: anonymous).
+    var identity: String?
+    /// Its place in the server's connection counts (nil: no limit needs counting).
+    var admission: AdmissionTicket?
+}
+
+/// Why an upgrade was refused before the 101 (each has its counter).
+enum UpgradeRefusal {
+    /// No valid token (401).
+    case unauthorized
+    /// A valid token that does not open the room (403).
+    case forbidden
+    /// Too many upgrade requests from the address (429).
+    case rateLimited
+    /// Too many WebSockets open from the address (429).
+    case addressLimit
+    /// The server's WebSocket limit (503).
+    case serverFull
+    /// The room's client limit (503).
+    case roomFull
+    /// The configured ``UpgradePolicy`` said no.
+    case policy
+
+    var counter: ShardStats.Counter {
+        switch self {
+        case .unauthorized: .authFailures
+        case .forbidden: .authForbidden
+        case .rateLimited: .upgradesRateLimited
+        case .addressLimit: .upgradesAddressLimited
+        case .serverFull: .upgradesServerFull
+        case .roomFull: .upgradesRoomFull
+        case .policy: .upgradesRefused
+        }
+    }
 }
 
 /// What the front door decided for one request head.
@@ -17,8 +51,8 @@ enum FrontDoorAnswer {
     /// A request that cannot be served (malformed, refused, not found): send the error response
     /// and close.
     case fail([UInt8])
-    /// The upgrade policy refused the upgrade: send its response and close.
-    case refuse([UInt8])
+    /// The upgrade was refused (authentication, limits, the policy): send the response and close.
+    case refuse([UInt8], UpgradeRefusal)
     /// Become a WebSocket in the accepted room, on shard `owner`.
     case upgrade(AcceptedUpgrade, owner: Int)
 }
@@ -36,6 +70,15 @@ struct FrontDoor {
     var compression = CompressionConfiguration()
     /// The `/metrics` text.
     let metrics: () -> String
+    /// The built-in token check, when one is configured.
+    var authenticator: TokenAuthenticator?
+    /// The server-wide connection counts, when a limit needs them.
+    var admission: Admission?
+    /// A bearer token `/metrics` requires, if any.
+    var metricsToken: String?
+    /// Wall-clock seconds (token expiry) and monotonic seconds (rate buckets); replaceable in tests.
+    var wallClock: @Sendable () -> Double = { TokenAuthenticator.wallClock() }
+    var monotonicClock: @Sendable () -> Double = { Double(monotonicNanos()) / 1e9 }
 
     /// Answers `head`. `peer` gives the client's address when an upgrade policy is consulted.
     func answer(_ head: HTTPRequestHead, peer: () -> String?) -> FrontDoorAnswer {
@@ -49,6 +92,10 @@ struct FrontDoor {
             return .respond(httpResponse(.ok, headers: [("Content-Type", "text/plain")], body: Array("ok".utf8),
                                          keepAlive: keepAlive, headOnly: headOnly), keepAlive: keepAlive)
         case .metrics:
+            if let metricsToken, !Self.bearer(head, matches: metricsToken) {
+                return .fail(refusal(.unauthorized, reason: "/metrics needs its bearer token",
+                                     headers: [("WWW-Authenticate", "Bearer realm=\"metrics\"")]))
+            }
             return .respond(httpResponse(.ok, headers: [("Content-Type", "text/plain; version=0.0.4")],
                                          body: Array(metrics().utf8), keepAlive: keepAlive, headOnly: headOnly),
                             keepAlive: keepAlive)
@@ -67,22 +114,80 @@ struct FrontDoor {
             case .agreed(let parameters, let header): deflate = (parameters, header)
             case .malformed: return .fail(httpErrorResponse(.badRequest))
             }
-            let request = UpgradeRequest(path: head.path ?? "/", roomId: roomId, query: head.query,
+            var request = UpgradeRequest(path: head.path ?? "/", roomId: roomId, query: head.query,
                                          headers: head.copiedHeaders(), peer: peer())
+            let address = admission.flatMap { $0.limits.needsCounting ? Admission.address(ofPeer: request.peer) : nil }
+            if let admission, let refused = admission.check(address, now: monotonicClock()) {
+                return refuse(refused)
+            }
+            var subprotocol: String?
+            if let authenticator {
+                switch authenticator.authenticate(request, now: wallClock()) {
+                case .accepted(let identity, let chosen):
+                    request.identity = identity
+                    subprotocol = chosen
+                case .refused(let status, let reason):
+                    let challenge = status.code == 401
+                        ? [("WWW-Authenticate", "Bearer error=\"invalid_token\"")] : []
+                    return .refuse(refusal(status, reason: reason, headers: challenge),
+                                   status.code == 401 ? .unauthorized : .forbidden)
+                }
+            }
             switch policy.decide(request) {
-            case .accept(let headers):
-                // The extension is the server's to agree; a policy's header of that name is dropped.
-                var all = headers.filter { Self.isSafe($0) && $0.name.lowercased() != "sec-websocket-extensions" }
+            case .accept(let headers, let identity):
+                // The extension is the server's to agree; a policy's header of that name is dropped,
+                // as is its subprotocol when a token offered as one chose it already.
+                var all = headers.filter {
+                    Self.isSafe($0) && $0.name.lowercased() != "sec-websocket-extensions"
+                        && (subprotocol == nil || $0.name.lowercased() != "sec-websocket-protocol")
+                }
+                if let subprotocol { all.append((name: "Sec-WebSocket-Protocol", value: subprotocol)) }
                 if let deflate { all.append((name: "Sec-WebSocket-Extensions", value: deflate.1)) }
+                var ticket: AdmissionTicket?
+                if let admission, admission.limits.needsCounting {
+                    switch admission.admit(address) {
+                    case .success(let t): ticket = t
+                    case .failure(let refused): return refuse(refused)
+                    }
+                }
                 let upgrade = AcceptedUpgrade(
-                    roomId: roomId, response: webSocketUpgradeResponse(accept: accept, headers: all), deflate: deflate?.0)
+                    roomId: roomId, response: webSocketUpgradeResponse(accept: accept, headers: all), deflate: deflate?.0,
+                    identity: identity ?? request.identity, admission: ticket)
                 return .upgrade(upgrade, owner: ownerShard(of: roomId, shards: shards))
             case .refuse(let status, let headers, let body):
                 var all: [(String, String)] = [("Content-Type", "text/plain; charset=utf-8")]
                 all += headers.filter(Self.isSafe).map { ($0.name, $0.value) }
-                return .refuse(httpResponse(status, headers: all, body: Array(body.utf8), keepAlive: false))
+                return .refuse(httpResponse(status, headers: all, body: Array(body.utf8), keepAlive: false), .policy)
             }
         }
+    }
+
+    /// The answer for a refusal by the admission limits.
+    private func refuse(_ refused: AdmissionRefusal) -> FrontDoorAnswer {
+        switch refused {
+        case .rateLimited(let after):
+            return .refuse(refusal(.tooManyRequests, reason: "too many upgrade requests from this address",
+                                   headers: [("Retry-After", "\(after)")]), .rateLimited)
+        case .tooManyFromAddress:
+            return .refuse(refusal(.tooManyRequests, reason: "too many connections from this address",
+                                   headers: [("Retry-After", "5")]), .addressLimit)
+        case .serverFull:
+            return .refuse(refusal(.serviceUnavailable, reason: "the server is at its connection limit",
+                                   headers: [("Retry-After", "5")]), .serverFull)
+        }
+    }
+
+    /// A plain-text refusal: `"<code> <reason phrase>: <why>\n"`; the connection closes after it.
+    func refusal(_ status: HTTPStatus, reason: String, headers: [(String, String)] = []) -> [UInt8] {
+        httpResponse(status, headers: [("Content-Type", "text/plain; charset=utf-8")] + headers,
+                     body: Array("\(status.code) \(status.reason): \(reason)\n".utf8), keepAlive: false)
+    }
+
+    /// Whether the request carries `Authorization: Bearer <token>` (compared in constant time).
+    static func bearer(_ head: HTTPRequestHead, matches token: String) -> Bool {
+        guard let value = head.copiedHeaders().first(where: { $0.name.lowercased() == "authorization" })?.value,
+              value.count > 7, value.prefix(7).lowercased() == "bearer " else { return false }
+        return constantTimeEquals(Array(value.utf8.dropFirst(7)), Array(token.utf8))
     }
 
     /// A header a policy gave that can be written as it is: a token name and a value without

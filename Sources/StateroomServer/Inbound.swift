@@ -118,8 +118,9 @@ extension Shard {
                 case .fail(let response):
                     httpError(conn, response)
                     return buf.count
-                case .refuse(let response):
+                case .refuse(let response, let why):
                     count(.upgradesRefused)
+                    if why != .policy { count(why.counter) }
                     respond(conn, response, close: true)
                     return buf.count
                 case .upgrade(let accepted, let owner):

@@ -28,11 +28,12 @@ extension Shard {
         if !c.more { accept.armed = false }
         if c.result >= 0 {
             count(.connectionsAccepted)
-            if accept.paused { accept.paused = false; accept.pauseLogged = false }
+            if accept.paused && admission?.belowSocketCap != false { accept.paused = false; accept.pauseLogged = false }
             if shuttingDown {
                 Socket.close(c.result)
             } else {
                 let conn = adopt(fd: c.result)
+                if let admission, !admission.socketOpened() { pauseAcceptAtSocketCap(c) }
                 if let context = tlsContext {
                     guard let session = TLSSession(context) else {
                         logger.error("cannot create a TLS session: \(TLSWorkspace.lastError())")
@@ -67,6 +68,22 @@ extension Shard {
             if e != ECANCELED { logger.error("accept failed: \(errnoDescription(e))") }
         }
         armAcceptIfNeeded(c)
+    }
+
+    /// The server holds as many sockets as ``AdmissionLimits/socketCap`` allows: stop accepting
+    /// until a connection closes (or for 1 s), so the backlog waits instead of this process
+    /// taking sockets it would only refuse. The socket just accepted is served (its upgrade
+    /// gets `503` if WebSockets are at their limit).
+    private func pauseAcceptAtSocketCap(_ c: Completion) {
+        guard !accept.paused else { return }
+        count(.acceptPauses)
+        if !accept.pauseLogged {
+            logger.warning("accept paused: \(config.limits.socketCap) sockets open (--max-connections \(config.limits.maxConnections)); resuming when a connection closes")
+            accept.pauseLogged = true
+        }
+        accept.paused = true
+        timers.schedule(at: now + 1_000_000_000, .resumeAccept)
+        if c.more { loop.cancel(Tag(op: .accept, slot: 0, generation: 0)) }
     }
 
     private func armAcceptIfNeeded(_ c: Completion) {
@@ -140,6 +157,16 @@ extension Shard {
     /// Queues the 101 response and makes `conn` a member of its room, creating the room if there
     /// is none. False when the room cannot be served: the client is then closed with 1011.
     func join(_ conn: Connection, _ accepted: AcceptedUpgrade) -> Bool {
+        let roomLimit = config.limits.maxClientsPerRoom
+        if roomLimit > 0, let room = rooms[accepted.roomId], !room.isClosed, room.members.count >= roomLimit {
+            // Refused before the 101: the client gets a plain answer and the room is untouched.
+            count(.upgradesRefused)
+            count(.upgradesRoomFull)
+            respond(conn, frontDoor.refusal(.serviceUnavailable, reason: "room is full",
+                                            headers: [("Retry-After", "5")]), close: true)
+            return false
+        }
+        conn.admission = accepted.admission
         enqueue(conn, bytes: accepted.response)
         conn.state = .open
         if let deflate = accepted.deflate {
@@ -165,7 +192,7 @@ extension Shard {
             return false
         }
         count(.webSocketsOpen)
-        let id = opened.room.add(conn)
+        let id = opened.room.add(conn, identity: accepted.identity)
         if let failure = opened.room.connect(id, self) { roomFailed(opened.room, failure) }
         return true
     }
@@ -189,7 +216,9 @@ extension Shard {
                 releaseCompression(conn)
                 count(.webSocketsOpen, -1)
                 if room.isClosed { continue }
-                if let failure = room.disconnect(conn.clientId, self) {
+                let failure = room.disconnect(conn.clientId, self)
+                room.forgetIdentity(of: conn.clientId)
+                if let failure {
                     roomFailed(room, failure)
                     continue
                 }
@@ -274,7 +303,8 @@ extension Shard {
         if closeDescriptor {
             loop.forget(fd: conn.fd)
             Socket.close(conn.fd)
-            if accept.paused {
+            admission?.socketClosed()
+            if accept.paused && admission?.belowSocketCap != false {
                 accept.paused = false
                 armAccept()
             }

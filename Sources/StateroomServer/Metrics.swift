@@ -12,6 +12,8 @@ final class ShardStats: Sendable {
         case tlsHandshakeTimeouts, tlsHandshakesAbandoned, tlsRecordErrors
         case deflateWebSockets, messagesCompressed, compressionsSkipped, messagesInflated
         case inflateLimitCloses, inflateErrors, inflateMemoryBytes
+        case authFailures, authForbidden, upgradesRateLimited, upgradesAddressLimited, upgradesServerFull
+        case upgradesRoomFull, acceptPauses
 
         var name: String {
             switch self {
@@ -51,6 +53,13 @@ final class ShardStats: Sendable {
             case .inflateLimitCloses: "stateroom_inflate_too_big_closes_total"
             case .inflateErrors: "stateroom_inflate_errors_total"
             case .inflateMemoryBytes: "stateroom_inflate_memory_bytes"
+            case .authFailures: "stateroom_auth_failures_total"
+            case .authForbidden: "stateroom_auth_forbidden_total"
+            case .upgradesRateLimited: "stateroom_upgrades_rate_limited_total"
+            case .upgradesAddressLimited: "stateroom_upgrades_address_limited_total"
+            case .upgradesServerFull: "stateroom_upgrades_server_full_total"
+            case .upgradesRoomFull: "stateroom_upgrades_room_full_total"
+            case .acceptPauses: "stateroom_accept_pauses_total"
             }
         }
 

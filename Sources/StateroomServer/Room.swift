@@ -28,6 +28,8 @@ final class Room {
     /// `members`' ids, for finding one by binary search.
     @exclusivity(unchecked) private var memberIds: [UInt32] = []
     private var nextClientId: UInt32 = 1
+    /// The identities members joined with (only members that have one).
+    private var identities: [UInt32: String] = [:]
     /// Members that agreed to permessage-deflate (a broadcast is compressed only if there are any).
     private(set) var deflateMembers = 0
     /// Bumped whenever the timer is set or the room ends; a timer entry with an older token is stale.
@@ -46,10 +48,11 @@ final class Room {
 
     // MARK: - Members
 
-    /// Makes `conn` a member with the next client id.
-    func add(_ conn: Connection) -> ClientId {
+    /// Makes `conn` a member with the next client id, known as `identity` if it has one.
+    func add(_ conn: Connection, identity: String? = nil) -> ClientId {
         let id = ClientId(nextClientId)
         nextClientId &+= 1
+        if let identity { identities[id.rawValue] = identity }
         conn.room = self
         conn.clientId = id
         if conn.deflate != nil { deflateMembers += 1 }
@@ -69,6 +72,18 @@ final class Room {
     /// The member with client id `id`.
     func member(_ id: ClientId) -> Connection? {
         index(of: id).map { members[$0] }
+    }
+
+    /// The identity client `id` joined with (nil: anonymous, or not in the room). Kept after the
+    /// client is removed from the members until ``forgetIdentity(of:)``, so the service's
+    /// `disconnect` still sees it.
+    func identity(of id: ClientId) -> String? {
+        identities.isEmpty ? nil : identities[id.rawValue]
+    }
+
+    /// Drops a departed client's identity (after its `disconnect` callback).
+    func forgetIdentity(of id: ClientId) {
+        if !identities.isEmpty { identities[id.rawValue] = nil }
     }
 
     private func index(of id: ClientId) -> Int? {
@@ -169,5 +184,9 @@ struct RoomContext: StateroomContext {
 
     func closeRoom(reason: String) {
         if room.reported == nil { room.reported = RoomFailure(reason: reason) }
+    }
+
+    func identity(of client: ClientId) -> String? {
+        room.identity(of: client)
     }
 }

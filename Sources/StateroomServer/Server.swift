@@ -73,6 +73,7 @@ public final class Server: @unchecked Sendable {
         }
         port = boundPort
 
+        let admission = config.limits.needsCounting ? Admission(config.limits) : nil
         var mailboxes: [Mailbox<ShardMessage>] = []
         var stats: [ShardStats] = []
         for _ in 0..<config.shards {
@@ -82,7 +83,7 @@ public final class Server: @unchecked Sendable {
         for i in 0..<config.shards {
             shards.append(Shard(index: i, config: config, factory: factory, listenerFD: listeners[i],
                                 mailboxes: mailboxes, allStats: stats, processStats: processStats,
-                                tls: tls, logger: logger))
+                                tls: tls, admission: admission, logger: logger))
         }
         // Pin shard i to the i-th CPU this process may use (respecting taskset/cgroup masks).
         let cpus = Socket.allowedCPUs

@@ -38,6 +38,9 @@ public struct ServerConfiguration: Sendable {
     /// completes, or a kept-alive connection still asking for plain HTTP then, is closed (the
     /// deadline is not renewed per request).
     public var requestTimeout: Double = 10
+    /// Seconds a shutdown waits for clients to take their close (`1001`) and the frames queued
+    /// before it; then whatever is still connected is cut.
+    public var drainTimeout: Double = 1
     /// Seconds a closing connection waits for the peer's EOF.
     public var closeTimeout: Double = 5
     /// Serve HTTPS and WSS on the port with this certificate chain and key (PEM); nil: plain.
@@ -47,6 +50,16 @@ public struct ServerConfiguration: Sendable {
     public var compression = CompressionConfiguration()
     /// Directory served at `/` (static files), if any.
     public var staticDirectory: String?
+    /// Verify a JWT on every WebSocket upgrade (``TokenAuthenticator``: `Authorization: Bearer`,
+    /// `?token=`, or a `bearer.<token>` subprotocol); its `sub` is the client's identity and its
+    /// `rooms` claim limits the rooms it opens. Missing or invalid: `401`; wrong room: `403`.
+    /// Runs before ``upgradePolicy``, which then sees the identity. nil: no token needed.
+    public var jwt: JWTVerifier?
+    /// When set, `/metrics` answers only requests with `Authorization: Bearer <metricsToken>`
+    /// (`401` otherwise). `/status` stays open.
+    public var metricsToken: String?
+    /// Connection limits (all off by default): see ``AdmissionLimits``.
+    public var limits = AdmissionLimits()
     /// Decides every WebSocket upgrade that passed the protocol checks (accept, or refuse with a
     /// status): authentication, admission limits. Runs on a shard thread; must not block.
     public var upgradePolicy: any UpgradePolicy = AcceptAllUpgrades()

@@ -62,6 +62,8 @@ final class Shard {
     /// owning their room, by slot.
     var parked: [UInt32: (owner: Int, upgrade: AcceptedUpgrade, rest: [UInt8])] = [:]
     var accept = AcceptState()
+    /// The server-wide connection counts, when a limit needs them.
+    let admission: Admission?
     /// The certificate and key new connections get (nil: plain), and the shard's TLS scratch.
     var tlsContext: TLSContext?
     lazy var tlsWorkspace = TLSWorkspace()
@@ -85,7 +87,7 @@ final class Shard {
 
     init(index: Int, config: ServerConfiguration, factory: any StateroomServiceFactory,
          listenerFD: Int32, mailboxes: [Mailbox<ShardMessage>], allStats: [ShardStats],
-         processStats: ProcessStats, tls: TLSContext?, logger: Logger) {
+         processStats: ProcessStats, tls: TLSContext?, admission: Admission?, logger: Logger) {
         self.tlsContext = tls
         self.index = index
         self.config = config
@@ -104,9 +106,14 @@ final class Shard {
             // cap if that is lower, so holding never makes a client look slow.
             holdBytesCap: min(64 << 10, config.maxPendingBytes / 2),
             maxFrames: Int32(Outbox.maxIOV), clock: SystemClock())
-        self.frontDoor = FrontDoor(staticDirectory: config.staticDirectory, policy: config.upgradePolicy,
-                                   shards: mailboxes.count, compression: config.compression,
-                                   metrics: { renderMetrics(allStats, processStats) })
+        var door = FrontDoor(staticDirectory: config.staticDirectory, policy: config.upgradePolicy,
+                             shards: mailboxes.count, compression: config.compression,
+                             metrics: { renderMetrics(allStats, processStats) })
+        door.authenticator = config.jwt.map { TokenAuthenticator(verifier: $0) }
+        door.admission = admission
+        door.metricsToken = config.metricsToken
+        self.frontDoor = door
+        self.admission = admission
     }
 
     @inline(__always)
@@ -201,7 +208,7 @@ final class Shard {
         for m in mailbox.drain() {
             switch m {
             case .handoff(let fd, let accepted, let rest, let tls):
-                if shuttingDown { Socket.close(fd); continue }
+                if shuttingDown { Socket.close(fd); admission?.socketClosed(); continue }
                 count(.handoffsIn)
                 let conn = adopt(fd: fd)
                 if let tls { conn.transport = .tls(tls) }
@@ -223,7 +230,7 @@ final class Shard {
             if conn.state == .open { closeWebSocket(conn, .goingAway, reason: "server shutting down") }
             else if conn.state == .http || conn.state == .parked { abort(conn) }
         }
-        timers.schedule(at: now + 1_000_000_000, .resumeAccept)
+        timers.schedule(at: now + Shard.nanos(config.drainTimeout), .drainDeadline)
     }
 
     // MARK: - Timers
@@ -256,11 +263,15 @@ final class Shard {
                    conn.state == .closing || conn.state == .dead || conn.state == .parked {
                     abort(conn)
                 }
+            case .drainDeadline:
+                running = false
+                conns.forEach { abort($0) }
             case .resumeAccept:
-                if shuttingDown {
-                    running = false
-                    conns.forEach { abort($0) }
-                } else if accept.paused {
+                if !shuttingDown && accept.paused {
+                    if let admission, !admission.belowSocketCap {
+                        timers.schedule(at: now + 1_000_000_000, .resumeAccept)
+                        break
+                    }
                     accept.paused = false
                     armAccept()
                 }

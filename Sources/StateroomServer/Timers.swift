@@ -8,6 +8,8 @@ enum TimerKind {
     /// for its hand-off).
     case connectionDeadline(slot: UInt32, generation: UInt32)
     case resumeAccept
+    /// The end of a shutdown's drain: whatever is still connected is cut.
+    case drainDeadline
     /// Frees the parser storage of quiet connections.
     case sweep
 }

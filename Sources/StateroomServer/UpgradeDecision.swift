@@ -16,14 +16,19 @@ public struct UpgradeRequest: Sendable {
     public var headers: [(name: String, value: String)]
     /// The client's address, `host:port` (`[v6]:port` for IPv6), if the socket still has one.
     public var peer: String?
+    /// Who the client is, when the server's own token check (``ServerConfiguration/jwt``) ran
+    /// before the policy: the verified token's `sub`. A policy that accepts with an identity of
+    /// its own replaces it.
+    public var identity: String?
 
     public init(path: String, roomId: String, query: String? = nil,
-                headers: [(name: String, value: String)] = [], peer: String? = nil) {
+                headers: [(name: String, value: String)] = [], peer: String? = nil, identity: String? = nil) {
         self.path = path
         self.roomId = roomId
         self.query = query
         self.headers = headers
         self.peer = peer
+        self.identity = identity
     }
 
     /// The value of the first header called `name` (ASCII case-insensitive).
@@ -45,14 +50,25 @@ public struct UpgradeRequest: Sendable {
 
 /// What an ``UpgradePolicy`` decided.
 public enum UpgradeDecision: Sendable {
-    /// Go ahead: answer 101, with these extra response headers.
-    case accept(headers: [(name: String, value: String)])
+    /// Go ahead: answer 101, with these extra response headers; the client joins its room as
+    /// `identity` (what ``StateroomContext/identity(of:)`` answers for it; nil: anonymous).
+    case accept(headers: [(name: String, value: String)], identity: String?)
     /// Refuse with this status (a 4xx or 5xx), extra headers and a plain-text body; the
     /// connection is closed after the response.
     case refuse(HTTPStatus, headers: [(name: String, value: String)], body: String)
 
-    /// Go ahead with no extra headers.
-    public static var accept: UpgradeDecision { .accept(headers: []) }
+    /// Go ahead with no extra headers, anonymously.
+    public static var accept: UpgradeDecision { .accept(headers: [], identity: nil) }
+
+    /// Go ahead with these extra headers, anonymously.
+    public static func accept(headers: [(name: String, value: String)]) -> UpgradeDecision {
+        .accept(headers: headers, identity: nil)
+    }
+
+    /// Go ahead as `identity`.
+    public static func accept(identity: String) -> UpgradeDecision {
+        .accept(headers: [], identity: identity)
+    }
 
     /// Refuse with `status` and the body `"<code> <reason>\n"`.
     public static func refuse(_ status: HTTPStatus) -> UpgradeDecision {

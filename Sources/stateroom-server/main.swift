@@ -40,6 +40,8 @@ struct StateroomServerCommand: ParsableCommand {
     var heartbeatTimeout: Double = 300
     @Option(help: "Seconds a client has to send a complete request head.")
     var requestTimeout: Double = 10
+    @Option(help: "Seconds a shutdown (SIGTERM, SIGINT) waits for clients to take their 1001 close before cutting them.")
+    var drainTimeout: Double = 1
     @Option(help: "Guest execution budget per wasm callback, in milliseconds.")
     var wasmCallbackBudget: Int = 100
     @Option(help: "Memory cap of one wasm room instance, in bytes.")
@@ -56,6 +58,26 @@ struct StateroomServerCommand: ParsableCommand {
     var compressionClientContext = false
     @Option(help: "With --compression-client-context: the window clients are asked to compress with (8-15).")
     var compressionClientWindowBits = 15
+    @Option(help: "Require a JWT signed with this HS256 secret on every WebSocket upgrade (its sub names the client). Prefer --jwt-secret-file: arguments are visible to other users.")
+    var jwtSecret: String?
+    @Option(help: "Like --jwt-secret, with the secret read from this file (a trailing newline is dropped).")
+    var jwtSecretFile: String?
+    @Option(help: "Require a JWT signed with the private half of this public key (PEM: RSA for RS256, P-256 for ES256) on every WebSocket upgrade.")
+    var jwtPublicKey: String?
+    @Option(help: "Seconds of clock difference tolerated when checking a token's exp and nbf.")
+    var jwtClockSkew: Double = 30
+    @Option(help: "Answer /metrics only with 'Authorization: Bearer <token>'.")
+    var metricsToken: String?
+    @Option(help: "Open WebSockets, server-wide (0: no limit); beyond it upgrades get 503 and accepting pauses.")
+    var maxConnections = 0
+    @Option(help: "Open WebSockets from one IP address (0: no limit); beyond it 429.")
+    var maxConnectionsPerIp = 0
+    @Option(help: "WebSocket upgrade requests per second from one IP address (0: no limit); beyond it 429 with Retry-After.")
+    var upgradeRatePerIp: Double = 0
+    @Option(help: "Upgrade requests one IP address may make at once before --upgrade-rate-per-ip applies (0: the rate, at least 1).")
+    var upgradeBurstPerIp = 0
+    @Option(help: "Clients in one room (0: no limit); beyond it 503.")
+    var maxClientsPerRoom = 0
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
     @Flag(help: "Do not pin shard threads to cores.")
@@ -70,12 +92,22 @@ struct StateroomServerCommand: ParsableCommand {
         if let s = shards, s < 1 || s > 1024 { throw ValidationError("--shards must be between 1 and 1024") }
         if !(0...1000).contains(coalesceMs) { throw ValidationError("--coalesce-ms must be between 0 and 1000") }
         if !(0...1000).contains(coalesceMaxMs) { throw ValidationError("--coalesce-max-ms must be between 0 and 1000") }
+        if !(0...3600).contains(drainTimeout) { throw ValidationError("--drain-timeout must be between 0 and 3600") }
         if maxMessageSize < 1 { throw ValidationError("--max-message-size must be positive") }
         if maxPendingBytes < 1024 { throw ValidationError("--max-pending-bytes must be at least 1024") }
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
         if compression != "on" && compression != "off" { throw ValidationError("--compression must be on or off") }
         if compressionMinBytes < 0 { throw ValidationError("--compression-min-bytes must not be negative") }
         if !(8...15).contains(compressionClientWindowBits) { throw ValidationError("--compression-client-window-bits must be between 8 and 15") }
+        if [jwtSecret != nil, jwtSecretFile != nil, jwtPublicKey != nil].filter({ $0 }).count > 1 {
+            throw ValidationError("--jwt-secret, --jwt-secret-file and --jwt-public-key exclude each other")
+        }
+        if !(0...3600).contains(jwtClockSkew) { throw ValidationError("--jwt-clock-skew must be between 0 and 3600") }
+        if metricsToken?.isEmpty == true { throw ValidationError("--metrics-token must not be empty") }
+        if maxConnections < 0 || maxConnectionsPerIp < 0 || upgradeBurstPerIp < 0 || maxClientsPerRoom < 0 {
+            throw ValidationError("connection limits must not be negative")
+        }
+        if !(upgradeRatePerIp >= 0 && upgradeRatePerIp.isFinite) { throw ValidationError("--upgrade-rate-per-ip must be a non-negative number") }
     }
 
     func run() throws {
@@ -100,12 +132,28 @@ struct StateroomServerCommand: ParsableCommand {
         config.heartbeatTimeout = heartbeatTimeout
         config.staticDirectory = `static`
         config.requestTimeout = requestTimeout
+        config.drainTimeout = drainTimeout
         config.pinThreads = !noPin
         if let tlsCert, let tlsKey { config.tls = TLSFiles(certificateChain: tlsCert, privateKey: tlsKey) }
         config.compression.enabled = compression == "on"
         config.compression.minimumBytes = compressionMinBytes
         config.compression.clientNoContextTakeover = !compressionClientContext
         config.compression.clientMaxWindowBits = compressionClientWindowBits
+        do {
+            config.jwt = try makeVerifier()
+        } catch {
+            writeStandardError("stateroom-server: \(error)\n")
+            Glibc.exit(1)
+        }
+        if let jwt = config.jwt, jwt.algorithm == "HS256", (jwtSecret ?? "").utf8.count < 32 && jwtSecretFile == nil {
+            logger.warning("the --jwt-secret is shorter than 32 bytes; RFC 7518 asks for at least 256 bits for HS256")
+        }
+        config.metricsToken = metricsToken
+        config.limits.maxConnections = maxConnections
+        config.limits.maxConnectionsPerIP = maxConnectionsPerIp
+        config.limits.upgradeRatePerIP = upgradeRatePerIp
+        config.limits.upgradeBurstPerIP = upgradeBurstPerIp
+        config.limits.maxClientsPerRoom = maxClientsPerRoom
 
         let factory: any StateroomServiceFactory
         let serviceName: String
@@ -145,6 +193,28 @@ struct StateroomServerCommand: ParsableCommand {
         }
         logger.info("signal \(sig): shutting down")
         server.stop()
+    }
+
+    /// The token verifier the JWT options ask for (nil: none).
+    func makeVerifier() throws -> JWTVerifier? {
+        let verifier: JWTVerifier
+        if let jwtSecret {
+            verifier = try JWTVerifier(hmacSecret: Array(jwtSecret.utf8), clockSkew: jwtClockSkew)
+        } else if let jwtSecretFile {
+            guard var bytes = FileIO.read(jwtSecretFile, maxSize: 1 << 16) else {
+                throw ValidationError("cannot read --jwt-secret-file \(jwtSecretFile)")
+            }
+            while bytes.last == UInt8(ascii: "\n") || bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
+            verifier = try JWTVerifier(hmacSecret: bytes, clockSkew: jwtClockSkew)
+        } else if let jwtPublicKey {
+            guard let pem = FileIO.read(jwtPublicKey, maxSize: 1 << 20) else {
+                throw ValidationError("cannot read --jwt-public-key \(jwtPublicKey)")
+            }
+            verifier = try JWTVerifier(publicKeyPEM: String(decoding: pem, as: UTF8.self), clockSkew: jwtClockSkew)
+        } else {
+            return nil
+        }
+        return verifier
     }
 
     func makeWasmFactory(path: String, logger: Logger) throws -> any StateroomServiceFactory {

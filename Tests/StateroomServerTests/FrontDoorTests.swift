@@ -77,7 +77,7 @@ final class RecordingPolicy: UpgradePolicy {
 
     @Test func aRefusalIsTheStatusHeadersAndBodyThePolicyGave() {
         let a = answer(door(policy: RecordingPolicy()), "GET /ws/nope HTTP/1.1\r\n" + upgradeHead + "\r\n")
-        guard case .refuse(let r)? = a else { Issue.record("expected a refusal"); return }
+        guard case .refuse(let r, _)? = a else { Issue.record("expected a refusal"); return }
         let response = text(r)
         #expect(response.hasPrefix("HTTP/1.1 403 Forbidden\r\n"))
         #expect(response.contains("\r\nX-Why: closed room\r\n") && !response.contains("Bad"))

@@ -88,6 +88,34 @@ private func connection(_ slot: UInt32) -> Connection {
         #expect(host.sent.map(\.0) == ["hello 1", "hello 2", "hi"], "nothing reaches the service after its failure")
     }
 
+    @Test func aServiceSeesEachClientsIdentityFromConnectToDisconnect() {
+        struct WhoIs: StateroomService {
+            mutating func connect(client: ClientId, context: some StateroomContext) {
+                context.send("in \(context.identity(of: client) ?? "-")", to: .broadcast)
+            }
+            mutating func message(client: ClientId, message: MessagePayload, context: some StateroomContext) {
+                context.send("msg \(context.identity(of: client) ?? "-")", to: .broadcast)
+            }
+            mutating func disconnect(client: ClientId, context: some StateroomContext) {
+                context.send("out \(context.identity(of: client) ?? "-")", to: .broadcast)
+            }
+        }
+        let host = RecordingHost()
+        let room = Room(id: "r", service: WhoIs())
+        let bob = connection(0)
+        let anon = connection(1)
+        let bobId = room.add(bob, identity: "bob")
+        let anonId = room.add(anon)
+        #expect(room.connect(bobId, host) == nil && room.connect(anonId, host) == nil)
+        #expect(room.message(bobId, .text("x"), host) == nil && room.message(anonId, .text("x"), host) == nil)
+        // The shard removes a member, tells the service, then forgets the identity.
+        room.remove(bob)
+        #expect(room.disconnect(bobId, host) == nil)
+        room.forgetIdentity(of: bobId)
+        #expect(room.identity(of: bobId) == nil)
+        #expect(host.sent.map(\.0) == ["in bob", "in -", "msg bob", "msg -", "out bob"])
+    }
+
     @Test func theRoomTableCreatesOnFirstOpenEndsOnceAndSwapsFactories() throws {
         let host = RecordingHost()
         let table = RoomTable(factory: ServiceFactory { _ in ScriptedService() }, shard: 0)

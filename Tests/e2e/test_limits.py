@@ -136,3 +136,48 @@ def test_sigterm_closes_clients_with_1001_and_exits_cleanly(server_factory):
     server._out.close()
     server._err.close()
     assert rc in (0, -_signal.SIGTERM, 128 + _signal.SIGTERM), f"exit status {rc} after SIGTERM"
+
+
+def _stop_and_time(server, timeout: float = 8.0) -> tuple[int, float]:
+    import signal as _signal
+    t0 = time.monotonic()
+    server.proc.send_signal(_signal.SIGTERM)
+    rc = server.proc.wait(timeout)
+    took = time.monotonic() - t0
+    server.stopped = True
+    server._out.close()
+    server._err.close()
+    return rc, took
+
+
+def test_drain_waits_for_a_silent_client_up_to_drain_timeout_then_cuts_it(server_factory):
+    # A client that never answers the 1001 close keeps the drain going until --drain-timeout,
+    # then it is cut and the server exits 0.
+    server = server_factory("--drain-timeout", "2.5", shards=1)
+    ws = wsraw.RawWebSocket.connect(server.host, server.port, "/ws/drain")
+    rc, took = _stop_and_time(server)
+    frames, code = ws.read_until_close(2, reply=False)
+    assert code == 1001, f"expected close 1001 on shutdown, got {code}"
+    assert rc == 0, f"exit status {rc} after SIGTERM"
+    assert 2.0 <= took < 6.0, f"the server stopped after {took:.2f} s, expected about --drain-timeout 2.5 s"
+    assert ws.wait_closed(3), "the silent client's connection was not cut after the drain"
+
+
+def test_drain_ends_as_soon_as_every_client_has_answered(server_factory):
+    # Clients that answer the close let the server exit long before a long --drain-timeout.
+    server = server_factory("--drain-timeout", "20", shards=2)
+    clients = [wsraw.RawWebSocket.connect(server.host, server.port, f"/ws/d{i}") for i in range(4)]
+    import signal as _signal
+    t0 = time.monotonic()
+    server.proc.send_signal(_signal.SIGTERM)
+    for c in clients:
+        _, code = c.read_until_close(5)  # replies with a close and hangs up
+        assert code == 1001
+        c.close()
+    rc = server.proc.wait(8)
+    took = time.monotonic() - t0
+    server.stopped = True
+    server._out.close()
+    server._err.close()
+    assert rc == 0, f"exit status {rc} after SIGTERM"
+    assert took < 3.0, f"the server took {took:.2f} s to stop although every client answered"

@@ -45,13 +45,14 @@ public struct RelayService: StateroomService {
     }
 }
 
-/// Stateroom's chat example: nicknames with `/nick NAME`, join and leave notices.
+/// Stateroom's chat example: nicknames with `/nick NAME`, join and leave notices. A client that
+/// authenticated is named by its identity (a token's `sub`), anyone else `client<N>`.
 public struct ChatService: StateroomService {
     var nicknames: [ClientId: String] = [:]
     public init() {}
 
     public mutating func connect(client: ClientId, context: some StateroomContext) {
-        let name = "client\(client.rawValue)"
+        let name = context.identity(of: client) ?? "client\(client.rawValue)"
         context.send("Welcome, \(name)!", to: .client(client))
         context.send("\(name) has joined the chat", to: .everyoneExcept(client))
         nicknames[client] = name

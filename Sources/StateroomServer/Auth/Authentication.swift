@@ -1,0 +1,119 @@
+import Glibc
+
+/// The built-in token check: every WebSocket upgrade must carry a JWT that ``verifier`` accepts;
+/// its `sub` becomes the client's identity and its optional `rooms` claim limits which rooms it
+/// opens.
+///
+/// The token is taken from, in this order: an `Authorization: Bearer <token>` header; the query
+/// parameter `token` (`/ws/lobby?token=<token>`); a `Sec-WebSocket-Protocol` entry
+/// `bearer.<token>` (browsers can set no headers on a WebSocket). A token offered as a
+/// subprotocol makes the server choose a subprotocol, as RFC 6455 §4.2.2 requires: the first
+/// other one the client offered, or, when it offered none, the token entry itself.
+struct TokenAuthenticator: Sendable {
+    let verifier: JWTVerifier
+
+    /// The prefix that marks a `Sec-WebSocket-Protocol` entry as a token.
+    static let subprotocolPrefix = "bearer."
+
+    enum Outcome: Equatable {
+        case accepted(identity: String, subprotocol: String?)
+        /// 401 (no usable token) or 403 (a valid token that does not open this room), with a
+        /// one-line reason.
+        case refused(HTTPStatus, reason: String)
+    }
+
+    func authenticate(_ request: UpgradeRequest, now: Double) -> Outcome {
+        guard let found = Self.token(in: request) else {
+            return .refused(.unauthorized, reason: "no token (send Authorization: Bearer, ?token= or a bearer.<token> subprotocol)")
+        }
+        let claims: JWTClaims
+        do {
+            claims = try verifier.verify(found.token, now: now)
+        } catch {
+            return .refused(.unauthorized, reason: error.description)
+        }
+        if !claims.permits(room: request.roomId) {
+            return .refused(.forbidden, reason: "token does not open room \(Self.printable(request.roomId))")
+        }
+        return .accepted(identity: claims.subject, subprotocol: found.subprotocol)
+    }
+
+    /// The request's token and, when it came as a subprotocol, the subprotocol to answer with.
+    static func token(in request: UpgradeRequest) -> (token: Substring, subprotocol: String?)? {
+        var protocols: [Substring] = []
+        for (name, value) in request.headers {
+            let lower = name.lowercased()
+            if lower == "authorization" {
+                let v = value.drop { $0 == " " }
+                if v.count > 7, v.prefix(7).lowercased() == "bearer " {
+                    let token = v.dropFirst(7).drop { $0 == " " }
+                    if !token.isEmpty { return (trimmed(token), nil) }
+                }
+            } else if lower == "sec-websocket-protocol" {
+                protocols += value.split(separator: ",").map { trimmed($0) }.filter { !$0.isEmpty }
+            }
+        }
+        if let token = request.queryItem("token").map(percentDecoded), !token.isEmpty {
+            return (Substring(token), nil)
+        }
+        if let entry = protocols.first(where: { $0.hasPrefix(subprotocolPrefix) }) {
+            let chosen = protocols.first { !$0.hasPrefix(subprotocolPrefix) } ?? entry
+            return (entry.dropFirst(subprotocolPrefix.count), String(chosen))
+        }
+        return nil
+    }
+
+    private static func trimmed(_ s: Substring) -> Substring {
+        var t = s
+        while let f = t.first, f == " " || f == "\t" { t.removeFirst() }
+        while let l = t.last, l == " " || l == "\t" { t.removeLast() }
+        return t
+    }
+
+    /// `%XX` sequences decoded (a JWT needs none, but a client may encode `.`); `+` is left as is.
+    static func percentDecoded(_ s: String) -> String {
+        guard s.utf8.contains(UInt8(ascii: "%")) else { return s }
+        var out: [UInt8] = []
+        out.reserveCapacity(s.utf8.count)
+        var it = Array(s.utf8)[...]
+        while let c = it.popFirst() {
+            if c == UInt8(ascii: "%"), it.count >= 2, let h = hex(it[it.startIndex]), let l = hex(it[it.startIndex + 1]) {
+                out.append(h << 4 | l)
+                it = it.dropFirst(2)
+            } else {
+                out.append(c)
+            }
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    private static func hex(_ c: UInt8) -> UInt8? {
+        switch c {
+        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
+        case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
+        case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
+        default: nil
+        }
+    }
+
+    /// A room id as it may appear in a one-line reason (control characters replaced, capped).
+    static func printable(_ s: String) -> String {
+        let clean = String(s.unicodeScalars.map { $0.value < 0x20 || $0.value == 0x7F ? "?" : Character($0) })
+        return clean.count > 64 ? String(clean.prefix(64)) + "…" : clean
+    }
+
+    /// Wall-clock seconds since 1970 (what `exp` and `nbf` count in).
+    static func wallClock() -> Double {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Double(ts.tv_sec) + Double(ts.tv_nsec) / 1e9
+    }
+}
+
+/// Compares two byte strings in time that depends only on their lengths.
+func constantTimeEquals(_ a: some Collection<UInt8>, _ b: some Collection<UInt8>) -> Bool {
+    guard a.count == b.count else { return false }
+    var diff: UInt8 = 0
+    for (x, y) in zip(a, b) { diff |= x ^ y }
+    return diff == 0
+}
