@@ -1,7 +1,8 @@
 import Stateroom
 
-/// Stateroom's chat: everyone starts as `clientN`, renames with `/nick NAME`, and the room hears
-/// who joins, who speaks and who leaves.
+/// Stateroom's chat: everyone starts as `clientN` — or, when the server authenticated them (a
+/// token's `sub`, `stateroom-server --jwt-secret ...`), as who they are — renames with
+/// `/nick NAME`, and the room hears who joins, who speaks and who leaves.
 struct Chat: StateroomService {
     var nicknames: [ClientId: String] = [:]
 
@@ -10,7 +11,9 @@ struct Chat: StateroomService {
     }
 
     mutating func connect(client: ClientId, context: some StateroomContext) {
-        let name = "client\(client.rawValue)"
+        // The identity is known from `connect` to `disconnect` (in a wasm module, because the
+        // host delivered it first: the SDK declares STATEROOM_IDENTITY_VERSION).
+        let name = context.identity(of: client) ?? "client\(client.rawValue)"
         context.send("Welcome, \(name)!", to: .client(client))
         context.send("\(name) has joined the chat", to: .everyoneExcept(client))
         nicknames[client] = name

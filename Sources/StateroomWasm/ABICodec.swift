@@ -2,9 +2,10 @@
 import Stateroom
 #endif
 
-// The bincode 1.x codec of the Stateroom wasm ABI (shared/ABI.md), the only one: the host
-// (WasmHost) uses it natively, and `stateroom build` compiles this same file into a guest's
-// wasm32 module `Stateroom` (Embedded Swift). Pure — bytes in, bytes out, no WasmKit, nothing
+// The bincode 1.x codec of the Stateroom wasm ABI (shared/ABI.md) and of its identity extension
+// (IDENTITY.md: `ClientIdentity`), the only one: the host (WasmHost) uses it natively, and
+// `stateroom build` compiles this same file into a guest's wasm32 module `Stateroom` (Embedded
+// Swift). Pure — bytes in, bytes out, no WasmKit, nothing
 // Embedded Swift lacks.
 //
 // Little-endian fixed-width integers; an enum is its variant index as `u32` followed by its
@@ -205,6 +206,99 @@ extension MessageFromProcess {
         default:
             throw .unknownVariant(type: "MessageFromProcess", tag: tag)
         }
+    }
+}
+
+// MARK: - The identity extension (IDENTITY.md, next to this file)
+//
+// One more event the host delivers, to modules that opted in only, so ABI v1 itself is
+// unchanged.
+//
+// A module opts in by exporting `STATEROOM_IDENTITY_VERSION`, a global holding the address of a
+// little-endian i32 equal to ``stateroomIdentityVersion`` (the convention of
+// `STATEROOM_API_VERSION`). When a client that has an identity joins, such a module gets
+// `ClientIdentity { client, identity }` immediately before `Connect { client }`:
+//
+//     05000000 client:u32 len:u64 utf8        -- ClientIdentity { client, identity }
+//
+// that is, variant 5 of `MessageToProcess` in bincode 1.x, the `String` as a `u64` byte length
+// and UTF-8. A module without the export never sees variant 5. ``MessageToProcess`` stays
+// exactly ABI v1 (its decoder still refuses tag 5), so the v1 codec, its fuzz reference and
+// every Rust-SDK module are untouched.
+
+/// The version of the identity extension this SDK and host speak: what the data at
+/// `STATEROOM_IDENTITY_VERSION` must hold.
+public let stateroomIdentityVersion: Int32 = 1
+
+/// `ClientIdentity { client, identity }` (`5 client:u32 len:u64 utf8`): the identity `client`
+/// joined with, delivered right before its `Connect` to modules that declared
+/// `STATEROOM_IDENTITY_VERSION` (IDENTITY.md).
+public struct ClientIdentity {
+    /// The `MessageToProcess` variant index of this event.
+    public static let variant: UInt32 = 5
+
+    /// The client about to connect.
+    public var client: ClientId
+    /// Who it is: a verified token's `sub`, as the server's authentication established it.
+    public var identity: String
+
+    /// The event for `client`, known as `identity`.
+    public init(client: ClientId, identity: String) {
+        self.client = client
+        self.identity = identity
+    }
+
+    /// The number of bytes ``encode(into:)`` writes: tag, client, length, the UTF-8 bytes.
+    public var encodedCount: Int { 16 + identity.utf8.count }
+
+    /// Writes the encoding to the start of `buffer`, which must hold at least ``encodedCount``
+    /// bytes, and returns the number of bytes written.
+    @discardableResult
+    public func encode(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        precondition(buffer.count >= encodedCount, "buffer too small for the encoded message")
+        return encodeUnchecked(at: buffer.baseAddress!)
+    }
+
+    /// ``encode(into:)`` at `base`, which the caller made room for ``encodedCount`` bytes at.
+    func encodeUnchecked(at base: UnsafeMutableRawPointer) -> Int {
+        var w = ABIWriter(base)
+        w.u32(Self.variant)
+        w.u32(client.rawValue)
+        w.u64(UInt64(identity.utf8.count))
+        for byte in identity.utf8 {
+            base.storeBytes(of: byte, toByteOffset: w.offset, as: UInt8.self)
+            w.offset += 1
+        }
+        return w.offset
+    }
+
+    /// The encoding as a new array (tests and tools; the host encodes in place).
+    public func encoded() -> [UInt8] {
+        [UInt8](unsafeUninitializedCapacity: encodedCount) { buffer, count in
+            count = encode(into: UnsafeMutableRawBufferPointer(buffer))
+        }
+    }
+
+    /// Whether `bytes` start with this event's tag (`05000000`): how a runtime that accepts the
+    /// extension tells it from a v1 `MessageToProcess`.
+    public static func isEncoded(in bytes: UnsafeRawBufferPointer) -> Bool {
+        bytes.count >= 4 && UInt32(littleEndian: bytes.loadUnaligned(as: UInt32.self)) == variant
+    }
+
+    /// Decodes the event at the start of `bytes` (bytes after it are ignored, as bincode's are).
+    /// The identity is copied into a `String`; bytes that are not UTF-8 are repaired (the host
+    /// sends only valid UTF-8). Tags other than 5 are refused as an unknown variant.
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(ABIDecodeError) -> ClientIdentity {
+        var r = ABIReader(bytes)
+        let tag = try r.u32("MessageToProcess tag")
+        guard tag == variant else { throw .unknownVariant(type: "ClientIdentity", tag: tag) }
+        let client = ClientId(try r.u32("ClientIdentity.client"))
+        let length = try r.u64("ClientIdentity.identity length")
+        // Compared as u64: a length past Int.max (or wasm32's Int32.max) is just too long.
+        guard length <= UInt64(r.remaining) else { throw .truncated(field: "ClientIdentity.identity bytes") }
+        let start = r.bytes.baseAddress.map { $0 + r.offset }
+        let utf8 = UnsafeBufferPointer(start: start?.assumingMemoryBound(to: UInt8.self), count: Int(length))
+        return ClientIdentity(client: client, identity: String(decoding: utf8, as: UTF8.self))
     }
 }
 

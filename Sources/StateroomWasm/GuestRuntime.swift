@@ -38,17 +38,88 @@ public final class GuestEncodeBuffer {
     }
 }
 
+/// The identities of a room's clients, as the host delivered them (`ClientIdentity`, IDENTITY.md):
+/// an entry from the `ClientIdentity` that precedes a client's `Connect` until that client's
+/// `disconnect` callback has returned.
+///
+/// One array sorted by client id, searched by halves: ids grow, so an insert is (nearly always)
+/// an append. Every guest links this code, so it is kept small: a `Dictionary` or two parallel
+/// arrays made a module 1–3 KB larger than this.
+public final class GuestIdentities {
+    private struct Entry {
+        var client: UInt32
+        var identity: String
+    }
+
+    private var entries: [Entry] = []
+
+    /// An empty table.
+    public init() {}
+
+    /// The number of clients with an identity.
+    public var count: Int { entries.count }
+
+    /// The identity `client` joined with; nil for an anonymous client or one not in the room.
+    public func identity(of client: ClientId) -> String? {
+        let (index, found) = search(client.rawValue)
+        return found ? entries[index].identity : nil
+    }
+
+    /// Records (or replaces) `client`'s identity.
+    public func set(_ identity: String, for client: ClientId) {
+        let (index, found) = search(client.rawValue)
+        if found {
+            entries[index].identity = identity
+        } else {
+            entries.insert(Entry(client: client.rawValue, identity: identity), at: index)
+        }
+    }
+
+    /// Forgets `client` (after its `disconnect` callback).
+    public func remove(_ client: ClientId) {
+        guard !entries.isEmpty else { return }
+        let (index, found) = search(client.rawValue)
+        if found { entries.remove(at: index) }
+    }
+
+    /// Where `id` is, or where it belongs.
+    private func search(_ id: UInt32) -> (index: Int, found: Bool) {
+        var lo = 0
+        var hi = entries.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if entries[mid].client < id { lo = mid + 1 } else { hi = mid }
+        }
+        return (lo, lo < entries.count && entries[lo].client == id)
+    }
+}
+
 /// The ``StateroomContext`` a guest's service receives: each call becomes one encoded
-/// `MessageFromProcess` handed to the output.
+/// `MessageFromProcess` handed to the output; ``identity(of:)`` answers from the room's
+/// ``GuestIdentities``.
 public struct GuestContext<Output: GuestOutput>: StateroomContext {
     /// The output every request goes to.
     public let output: Output
     let buffer: GuestEncodeBuffer
+    /// The identities the host delivered (`ClientIdentity`) for clients in the room.
+    public let identities: GuestIdentities
 
-    /// A context writing to `output`, encoding in `buffer`.
-    public init(output: Output, buffer: GuestEncodeBuffer = GuestEncodeBuffer()) {
+    /// A context writing to `output`, encoding in `buffer`, answering identities from `identities`.
+    public init(
+        output: Output, buffer: GuestEncodeBuffer = GuestEncodeBuffer(),
+        identities: GuestIdentities = GuestIdentities()
+    ) {
         self.output = output
         self.buffer = buffer
+        self.identities = identities
+    }
+
+    /// The identity `client` joined with (a verified token's `sub`), from the `ClientIdentity`
+    /// the host delivered before its `Connect`; nil for an anonymous client, one not in the room,
+    /// or a host that does not deliver identities. Valid in `connect`, every `message` and
+    /// `disconnect` of that client.
+    public func identity(of client: ClientId) -> String? {
+        identities.identity(of: client)
     }
 
     /// Sends `Message { recipient, message }`, encoded by the ABI codec straight into the
@@ -79,30 +150,49 @@ public struct GuestContext<Output: GuestOutput>: StateroomContext {
 /// In a wasm module, `stateroom_recv` hands every delivered buffer to ``receive(_:)``; native
 /// tests do the same with a recording output, so the dispatch tested natively is the one that
 /// runs in the module.
+///
+/// A runtime made with `acceptsIdentities: true` (the wasm glue's, whose module exports
+/// `STATEROOM_IDENTITY_VERSION`) also takes the identity extension's `ClientIdentity` event
+/// (IDENTITY.md): it records the identity, which the context then answers in that client's
+/// `connect`, messages and `disconnect`, and forgets it once `disconnect` has returned. Without
+/// it, the runtime takes exactly ABI v1 (variant 5 is an unknown variant, as for any v1 guest).
 public struct GuestRuntime<Service: StateroomService, Output: GuestOutput> {
     /// The room's service.
     public var service: Service
     /// The context every callback gets.
     public let context: GuestContext<Output>
+    /// Whether ``receive(_:)`` takes `ClientIdentity` (variant 5) besides ABI v1's events.
+    public let acceptsIdentities: Bool
 
-    /// A runtime for `service` whose requests go to `output`.
-    public init(service: Service, output: Output) {
+    /// A runtime for `service` whose requests go to `output`; `acceptsIdentities` only where
+    /// the module declares `STATEROOM_IDENTITY_VERSION` (the host sends variant 5 to no other).
+    public init(service: Service, output: Output, acceptsIdentities: Bool = false) {
         self.service = service
         self.context = GuestContext(output: output)
+        self.acceptsIdentities = acceptsIdentities
     }
 
-    /// Decodes one `MessageToProcess` and calls the matching callback of the service.
-    /// A payload is a view of `bytes`, valid during the callback only (as natively).
+    /// Decodes one event and calls the matching callback of the service: a `MessageToProcess`,
+    /// or — if ``acceptsIdentities`` — a `ClientIdentity`, which calls nothing and is recorded
+    /// for the `Connect` that follows. A payload is a view of `bytes`, valid during the callback
+    /// only (as natively).
     public mutating func receive(_ bytes: UnsafeRawBufferPointer) throws(ABIDecodeError) {
+        if acceptsIdentities && ClientIdentity.isEncoded(in: bytes) {
+            let event = try ClientIdentity.decode(bytes)
+            context.identities.set(event.identity, for: event.client)
+            return
+        }
         dispatch(try MessageToProcess.decode(bytes))
     }
 
-    /// Calls the callback matching `event`.
+    /// Calls the callback matching `event`; after `disconnect`, the client's identity is dropped.
     public mutating func dispatch(_ event: MessageToProcess) {
         switch event {
         case .initialize: service.initialize(context: context)
         case .connect(let client): service.connect(client: client, context: context)
-        case .disconnect(let client): service.disconnect(client: client, context: context)
+        case .disconnect(let client):
+            service.disconnect(client: client, context: context)
+            context.identities.remove(client)
         case .message(let client, let payload): service.message(client: client, message: payload, context: context)
         case .timer: service.timer(context: context)
         }

@@ -22,9 +22,15 @@ final class GuestInstance {
         ("STATEROOM_API_VERSION", 1),
         ("STATEROOM_API_PROTOCOL", 0),
     ]
+    /// The identity extension's global (StateroomWasm/IDENTITY.md): optional; when exported it
+    /// must point at ``stateroomIdentityVersion``, and the module then gets `ClientIdentity`.
+    static let identityGlobal = "STATEROOM_IDENTITY_VERSION"
 
     let store: Store
     let state: HostState
+    /// The module declared the identity extension (`STATEROOM_IDENTITY_VERSION` == 1): a client
+    /// with an identity is announced with `ClientIdentity` before its `Connect`.
+    let acceptsIdentities: Bool
     private let memory: Memory
     private let malloc: Function
     private let recv: Function
@@ -63,13 +69,17 @@ final class GuestInstance {
             guard let d = find(name) else { throw .missingExport(name: name, expected: "global i32") }
             guard case .global = d else { throw .wrongExportKind(name: name, expected: "global", actual: kind(d)) }
         }
+        if let d = find(identityGlobal) {
+            guard case .global = d else { throw .wrongExportKind(name: identityGlobal, expected: "global", actual: kind(d)) }
+        }
         if let d = find("_initialize") {
             guard case .function = d else { throw .wrongExportKind(name: "_initialize", expected: "function", actual: kind(d)) }
         }
     }
 
     /// Instantiates `module` in a new store, calls `_initialize` if exported, and checks the ABI
-    /// version and protocol. Start function and `_initialize` run under the callback budget.
+    /// version and protocol, and the identity extension's version if the module declares it.
+    /// Start function and `_initialize` run under the callback budget.
     init(module: Module, engine: Engine, plan: ImportPlan, limits: WasmLimits, logger: Logger) throws(WasmLoadError) {
         let store = Store(engine: engine)
         store.resourceLimiter = MemoryCap(maxBytes: limits.maxMemoryBytes)
@@ -115,16 +125,30 @@ final class GuestInstance {
         }
         for (name, expected) in Self.requiredGlobals {
             guard let global = exports[global: name] else { throw .missingExport(name: name, expected: "global i32") }
-            guard case .i32(let address) = global.value else {
-                throw .wrongExportType(name: name, expected: "i32", actual: "\(global.value)")
-            }
-            guard UInt64(address) + 4 <= UInt64(memory.byteCount) else {
-                throw .badGlobalAddress(global: name, address: address, memoryBytes: memory.byteCount)
-            }
-            let value = memory.withUnsafeBufferPointer(offset: UInt(address), count: 4) {
-                Int32(littleEndian: $0.loadUnaligned(as: Int32.self))
-            }
+            let value = try Self.versionValue(of: global, named: name, in: memory)
             guard value == expected else { throw .versionMismatch(global: name, expected: expected, actual: value) }
+        }
+        if let global = exports[global: Self.identityGlobal] {
+            let value = try Self.versionValue(of: global, named: Self.identityGlobal, in: memory)
+            guard value == stateroomIdentityVersion else {
+                throw .versionMismatch(global: Self.identityGlobal, expected: stateroomIdentityVersion, actual: value)
+            }
+            self.acceptsIdentities = true
+        } else {
+            self.acceptsIdentities = false
+        }
+    }
+
+    /// The little-endian i32 that version global `name` points at, bounds-checked.
+    private static func versionValue(of global: Global, named name: String, in memory: Memory) throws(WasmLoadError) -> Int32 {
+        guard case .i32(let address) = global.value else {
+            throw .wrongExportType(name: name, expected: "i32", actual: "\(global.value)")
+        }
+        guard UInt64(address) + 4 <= UInt64(memory.byteCount) else {
+            throw .badGlobalAddress(global: name, address: address, memoryBytes: memory.byteCount)
+        }
+        return memory.withUnsafeBufferPointer(offset: UInt(address), count: 4) {
+            Int32(littleEndian: $0.loadUnaligned(as: Int32.self))
         }
     }
 
@@ -141,10 +165,24 @@ final class GuestInstance {
     /// to `ptr`, `stateroom_recv(ptr, len)`, `stateroom_free(ptr, len)`; all under one fuel budget.
     /// Throws a description of what went wrong, naming the export that was running.
     func deliver(_ event: MessageToProcess) throws(GuestFailure) {
+        try deliver(length: event.encodedCount) { event.encode(into: $0) }
+    }
+
+    /// Delivers the identity extension's `ClientIdentity` the same way, under the same limits
+    /// (only to a module that declared it: the caller checks ``acceptsIdentities``).
+    func deliver(_ event: ClientIdentity) throws(GuestFailure) {
+        try deliver(length: event.encodedCount) { event.encode(into: $0) }
+    }
+
+    /// The body of both `deliver`s, inlined into each so that the v1 path stays concrete (no
+    /// generic or protocol dispatch per message): `encode` writes the `length`-byte event.
+    @inline(__always)
+    private func deliver(
+        length: Int, _ encode: (UnsafeMutableRawBufferPointer) -> Int
+    ) throws(GuestFailure) {
         store.fuel = Fuel(remaining: fuel)
         state.beginCallback()
         defer { state.endCallback() }
-        let length = event.encodedCount
         guard length <= Int(Int32.max) else { throw GuestFailure("event of \(length) bytes is too large for wasm32") }
         let len = UInt32(length)
 
@@ -168,7 +206,7 @@ final class GuestInstance {
         guard UInt64(ptr) + UInt64(len) <= UInt64(size) else {
             throw GuestFailure("stateroom_malloc(\(len)) returned \(ptr), outside guest memory (\(size) bytes)")
         }
-        _ = memory.withUnsafeMutableBufferPointer(offset: UInt(ptr), count: length) { event.encode(into: $0) }
+        _ = memory.withUnsafeMutableBufferPointer(offset: UInt(ptr), count: length, encode)
 
         args2[0] = .i32(ptr)
         args2[1] = .i32(len)

@@ -12,7 +12,8 @@ public enum WasmLoadError: Error, Sendable, Equatable, CustomStringConvertible {
     case unexpectedImport(module: String, name: String, kind: String)
     /// A known import is declared with the wrong type.
     case wrongImportType(module: String, name: String, expected: String, actual: String)
-    /// `STATEROOM_API_VERSION` or `STATEROOM_API_PROTOCOL` does not hold the supported value.
+    /// `STATEROOM_API_VERSION`, `STATEROOM_API_PROTOCOL` or (if exported, for the identity
+    /// extension) `STATEROOM_IDENTITY_VERSION` does not hold the supported value.
     case versionMismatch(global: String, expected: Int32, actual: Int32)
     /// An ABI global points outside the module's memory.
     case badGlobalAddress(global: String, address: UInt32, memoryBytes: Int)

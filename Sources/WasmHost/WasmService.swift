@@ -5,11 +5,12 @@ import StateroomWasm
 /// A room served by a WebAssembly guest: one instance of the factory's module, on the room's shard.
 ///
 /// Every event goes to the guest through the ABI (`stateroom_malloc` / `stateroom_recv` /
-/// `stateroom_free`), and what the guest sends back with `stateroom_send` goes to the context
-/// while the callback runs (its payload a view of guest memory, so the context encodes the frame
-/// from the guest's bytes). A trap, an exhausted budget, `proc_exit`, a `stateroom_malloc` that
-/// returns 0 or a block outside guest memory, a pointer outside guest memory or an undecodable
-/// message ends the instance: the room is closed with
+/// `stateroom_free`) — for a module that declared the identity extension, also `ClientIdentity`
+/// before an identified client's `Connect` — and what the guest sends back with `stateroom_send`
+/// goes to the context while the callback runs (its payload a view of guest memory, so the
+/// context encodes the frame from the guest's bytes). A trap, an exhausted budget, `proc_exit`,
+/// a `stateroom_malloc` that returns 0 or a block outside guest memory, a pointer outside guest
+/// memory or an undecodable message ends the instance: the room is closed with
 /// ``StateroomContext/closeRoom(reason:)`` (its clients get 1011), the instance is released, and
 /// every later call is a no-op.
 public final class WasmService: StateroomService {
@@ -27,13 +28,23 @@ public final class WasmService: StateroomService {
     /// `true` once the guest failed and was discarded.
     public var isTerminated: Bool { guest == nil }
 
+    /// Whether the module declared the identity extension (`STATEROOM_IDENTITY_VERSION`), so that
+    /// clients' identities reach it (StateroomWasm/IDENTITY.md). `false` once terminated.
+    public var acceptsIdentities: Bool { guest?.acceptsIdentities ?? false }
+
     /// Delivers `Init`.
     public func initialize(context: some StateroomContext) {
         deliver(.initialize, callback: "initialize", context: context)
     }
 
-    /// Delivers `Connect { client }`.
+    /// Delivers `Connect { client }`. A module that declared the identity extension
+    /// (``acceptsIdentities``) first gets `ClientIdentity { client, identity }` if the context
+    /// knows who `client` is (``StateroomContext/identity(of:)``); an anonymous client, or a
+    /// module without the extension, gets `Connect` alone, exactly as in ABI v1.
     public func connect(client: ClientId, context: some StateroomContext) {
+        if let guest, guest.acceptsIdentities, let identity = context.identity(of: client) {
+            deliver(ClientIdentity(client: client, identity: identity), callback: "connect", context: context)
+        }
         deliver(.connect(client), callback: "connect", context: context)
     }
 
@@ -54,15 +65,30 @@ public final class WasmService: StateroomService {
 
     private func deliver(_ event: MessageToProcess, callback: String, context: some StateroomContext) {
         guard let guest else { return }
+        run(guest, callback: callback, context: context) { () throws(GuestFailure) in try guest.deliver(event) }
+    }
+
+    /// The identity extension's event, delivered like the others (same limits, same failure).
+    private func deliver(_ event: ClientIdentity, callback: String, context: some StateroomContext) {
+        guard let guest else { return }
+        run(guest, callback: callback, context: context) { () throws(GuestFailure) in try guest.deliver(event) }
+    }
+
+    /// Runs `body` (one delivery) with the context as `stateroom_send`'s destination; a failure
+    /// discards the instance and closes the room. Inlined into each `deliver`, so the v1 path is
+    /// the concrete code it always was.
+    @inline(__always)
+    private func run(
+        _ guest: GuestInstance, callback: String, context: some StateroomContext,
+        _ body: () throws(GuestFailure) -> Void
+    ) {
         do {
             try guest.withSink({ output in
                 switch output {
                 case .message(let recipient, let payload): context.send(payload, to: recipient)
                 case .setTimer(let milliseconds): context.setTimer(milliseconds: milliseconds)
                 }
-            }) { () throws(GuestFailure) in
-                try guest.deliver(event)
-            }
+            }, body)
         } catch {
             self.guest = nil
             guest.state.flushLogs()

@@ -8,7 +8,9 @@ import Synchronization
 ///
 /// The module is read, parsed and checked once, at start-up: required exports and their types,
 /// imports (only `env.stateroom_send` and WASI preview 1 functions), and — on a probe instance —
-/// `STATEROOM_API_VERSION == 1` and `STATEROOM_API_PROTOCOL == 0`. Any problem throws a
+/// `STATEROOM_API_VERSION == 1` and `STATEROOM_API_PROTOCOL == 0`, and, if the module exports
+/// it, `STATEROOM_IDENTITY_VERSION == 1` (the optional identity extension,
+/// StateroomWasm/IDENTITY.md; ``acceptsIdentities``). Any problem throws a
 /// ``WasmLoadError`` naming it. Only Sendable things are shared across shards: the parsed
 /// `Module`, the `Engine`s and the limits.
 ///
@@ -31,6 +33,10 @@ public final class WasmServiceFactory: StateroomServiceFactory {
     let eagerEngine: Engine
     let logger: Logger
     let pool: SparePool
+    /// Whether the module declared the identity extension (`STATEROOM_IDENTITY_VERSION` == 1):
+    /// its rooms get `ClientIdentity { client, identity }` before the `Connect` of a client that
+    /// has an identity. Without it, rooms get exactly ABI v1.
+    public let acceptsIdentities: Bool
 
     /// Loads the module at `path`; throws a ``WasmLoadError`` if it cannot serve rooms.
     public convenience init(path: String, limits: WasmLimits = .init(), logger: Logger) throws {
@@ -69,6 +75,7 @@ public final class WasmServiceFactory: StateroomServiceFactory {
         // body) at start-up, so every error shows now. It becomes the first spare.
         let probe = try GuestInstance(module: module, engine: eagerEngine, plan: plan, limits: limits, logger: logger)
         try probe.verifySignatures()
+        self.acceptsIdentities = probe.acceptsIdentities
         if pool.target > 0 {
             pool.put(probe)
         }

@@ -207,7 +207,7 @@ extension StateroomCommand {
                 transcripts of one source compiled both ways can be compared:
                   stateroom replay dist/counter.wasm SCRIPT
                   stateroom replay dist/counter.wasm --bench increment [--count N] [--rounds N] [SCRIPT]
-                Script lines: connect N | disconnect N | text N WORDS… | binary N HEX | timer
+                Script lines: connect N [as IDENTITY] | disconnect N | text N WORDS… | binary N HEX | timer
                 """)
 
         @Argument(help: "The module (.wasm).")

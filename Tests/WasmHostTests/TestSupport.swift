@@ -23,6 +23,11 @@ final class RecordingContext: StateroomContext {
     }
 
     var events: [Event] = []
+    /// Who each client is, as a server with authentication would answer
+    /// ``StateroomContext/identity(of:)``.
+    var identities: [ClientId: String] = [:]
+
+    func identity(of client: ClientId) -> String? { identities[client] }
 
     func send(_ message: MessagePayload, to recipient: MessageRecipient) {
         events.append(.send(recipient, message.kind, message.bytes))

@@ -39,6 +39,9 @@ public struct WasmGuestOutput: GuestOutput {
 /// The body of `stateroom_recv` for service type `Service` (the one named by `StateroomMain`):
 /// makes the service on the first event, then dispatches each event to it. An event that does
 /// not decode traps, which ends the room (the host only sends well-formed events).
+///
+/// The runtime accepts the identity extension's `ClientIdentity` (IDENTITY.md) because every
+/// SDK module declares it: runtime/abi.c exports `STATEROOM_IDENTITY_VERSION`.
 @inline(__always)
 public func stateroomReceive<Service: StateroomService>(
     _ runtime: inout GuestRuntime<Service, WasmGuestOutput>?,
@@ -46,7 +49,7 @@ public func stateroomReceive<Service: StateroomService>(
     make: () -> Service
 ) {
     if runtime == nil {
-        runtime = GuestRuntime(service: make(), output: WasmGuestOutput())
+        runtime = GuestRuntime(service: make(), output: WasmGuestOutput(), acceptsIdentities: true)
     }
     let bytes = UnsafeRawBufferPointer(start: pointer, count: Int(length))
     do {

@@ -5,7 +5,8 @@ import Stateroom
 
 /// One step of a script.
 public enum StateroomScriptStep: Equatable {
-    case connect(UInt32)
+    /// A client joins; with an `identity`, as an authenticated client known as that.
+    case connect(UInt32, identity: String? = nil)
     case disconnect(UInt32)
     case text(UInt32, String)
     case binary(UInt32, [UInt8])
@@ -16,6 +17,7 @@ public enum StateroomScriptStep: Equatable {
 ///
 /// ```
 /// connect 1
+/// connect 2 as bob        # joins with identity "bob" (the rest of the line, verbatim)
 /// text 1 increment        # the rest of the line, verbatim
 /// binary 2 00ff10         # hex bytes
 /// timer
@@ -46,7 +48,16 @@ public struct StateroomScript {
                 return id
             }
             switch words[0] {
-            case "connect": steps.append(.connect(try client()))
+            case "connect":
+                let id = try client()
+                if words.count > 2 {
+                    guard words[2].hasPrefix("as "), words[2].count > 3 else {
+                        throw StateroomScriptError(line: number, message: "expected 'connect N' or 'connect N as IDENTITY'")
+                    }
+                    steps.append(.connect(id, identity: String(words[2].dropFirst(3))))
+                } else {
+                    steps.append(.connect(id))
+                }
             case "disconnect": steps.append(.disconnect(try client()))
             case "text": steps.append(.text(try client(), words.count > 2 ? String(words[2]) : ""))
             case "binary":
@@ -65,7 +76,9 @@ public struct StateroomScript {
                 steps.append(.binary(id, bytes))
             case "timer": steps.append(.timer)
             default:
-                throw StateroomScriptError(line: number, message: "unknown step '\(words[0])' (connect, disconnect, text, binary, timer)")
+                throw StateroomScriptError(
+                    line: number,
+                    message: "unknown step '\(words[0])' (connect, connect N as ID, disconnect, text, binary, timer)")
             }
         }
     }
@@ -91,8 +104,14 @@ public struct StateroomScriptError: Error, CustomStringConvertible {
 public final class StateroomTranscript: StateroomContext {
     /// The lines so far: inputs start with `>`, outputs with `<`.
     public private(set) var lines: [String] = []
+    /// The identities of the clients that joined with one (`connect N as IDENTITY`), kept until
+    /// their `disconnect` callback has returned, as the server does.
+    public var identities: [ClientId: String] = [:]
 
     public init() {}
+
+    /// The identity `client` joined with, as a server with authentication answers it.
+    public func identity(of client: ClientId) -> String? { identities[client] }
 
     public func note(_ line: String) { lines.append(line) }
 
@@ -126,17 +145,31 @@ public func describe(_ message: MessagePayload) -> String {
 
 /// Runs `script` against a fresh `service` (`Init` first) and returns the transcript.
 public func runStateroomScript<S: StateroomService>(_ script: StateroomScript, service: inout S) -> [String] {
-    let t = StateroomTranscript()
+    runStateroomScript(script, service: &service, transcript: StateroomTranscript())
+}
+
+/// ``runStateroomScript(_:service:)`` into `t`, which afterwards also holds the identities of
+/// the clients still in the room.
+@discardableResult
+public func runStateroomScript<S: StateroomService>(
+    _ script: StateroomScript, service: inout S, transcript t: StateroomTranscript
+) -> [String] {
     t.note("> init")
     service.initialize(context: t)
     for step in script.steps {
         switch step {
-        case .connect(let c):
-            t.note("> connect \(c)")
+        case .connect(let c, let identity):
+            if let identity {
+                t.note("> connect \(c) as \(identity.debugDescription)")
+                t.identities[ClientId(c)] = identity
+            } else {
+                t.note("> connect \(c)")
+            }
             service.connect(client: ClientId(c), context: t)
         case .disconnect(let c):
             t.note("> disconnect \(c)")
             service.disconnect(client: ClientId(c), context: t)
+            t.identities[ClientId(c)] = nil
         case .text(let c, let s):
             t.note("> text \(c) \(s.debugDescription)")
             withBorrowed(Array(s.utf8), kind: .text) { service.message(client: ClientId(c), message: $0, context: t) }
@@ -165,7 +198,10 @@ public final class StateroomCountingContext: StateroomContext {
     public private(set) var messages = 0
     public private(set) var bytes = 0
     public private(set) var timers = 0
+    /// The identities of the clients in the room (from the setup script).
+    public var identities: [ClientId: String] = [:]
     public init() {}
+    public func identity(of client: ClientId) -> String? { identities[client] }
     public func send(_ message: MessagePayload, to recipient: MessageRecipient) {
         messages += 1
         bytes += message.count
@@ -180,8 +216,10 @@ public func benchStateroomService<S: StateroomService>(
     service: inout S, setup script: StateroomScript, text: String, client: UInt32,
     count: Int, rounds: Int
 ) -> [Double] {
-    _ = runStateroomScript(script, service: &service)
+    let setup = StateroomTranscript()
+    runStateroomScript(script, service: &service, transcript: setup)
     let ctx = StateroomCountingContext()
+    ctx.identities = setup.identities
     let bytes = Array(text.utf8)
     var results: [Double] = []
     let clock = ContinuousClock()
@@ -208,8 +246,11 @@ public func median(_ values: [Double]) -> Double {
 }
 
 /// The command line shared by the native harness (`stateroom build --native`) and
-/// `stateroom replay`: `SCRIPT` prints the transcript; `--bench TEXT [--client N] [--count N]
-/// [--rounds N] [SCRIPT]` prints the median time of one message.
+/// `stateroom replay`: `SCRIPT` prints the transcript (`connect N as IDENTITY` joins a client
+/// with an identity, which a native service reads with `context.identity(of:)` and a wasm module
+/// that declares `STATEROOM_IDENTITY_VERSION` receives as `ClientIdentity`);
+/// `--bench TEXT [--client N] [--count N] [--rounds N] [SCRIPT]` prints the median time of one
+/// message.
 public func stateroomScriptMain<S: StateroomService>(arguments: [String], name: String, makeService: () -> S) -> Int32 {
     var args = arguments[...]
     var benchText: String?
