@@ -197,24 +197,8 @@ struct StateroomServerCommand: ParsableCommand {
 
     /// The token verifier the JWT options ask for (nil: none).
     func makeVerifier() throws -> JWTVerifier? {
-        let verifier: JWTVerifier
-        if let jwtSecret {
-            verifier = try JWTVerifier(hmacSecret: Array(jwtSecret.utf8), clockSkew: jwtClockSkew)
-        } else if let jwtSecretFile {
-            guard var bytes = FileIO.read(jwtSecretFile, maxSize: 1 << 16) else {
-                throw ValidationError("cannot read --jwt-secret-file \(jwtSecretFile)")
-            }
-            while bytes.last == UInt8(ascii: "\n") || bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
-            verifier = try JWTVerifier(hmacSecret: bytes, clockSkew: jwtClockSkew)
-        } else if let jwtPublicKey {
-            guard let pem = FileIO.read(jwtPublicKey, maxSize: 1 << 20) else {
-                throw ValidationError("cannot read --jwt-public-key \(jwtPublicKey)")
-            }
-            verifier = try JWTVerifier(publicKeyPEM: String(decoding: pem, as: UTF8.self), clockSkew: jwtClockSkew)
-        } else {
-            return nil
-        }
-        return verifier
+        try JWTVerifier.configured(secret: jwtSecret, secretFile: jwtSecretFile, publicKeyFile: jwtPublicKey,
+                                   clockSkew: jwtClockSkew)
     }
 
     func makeWasmFactory(path: String, logger: Logger) throws -> any StateroomServiceFactory {

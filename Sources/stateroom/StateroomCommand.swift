@@ -59,6 +59,12 @@ struct ServerOptions: ParsableArguments {
     var tlsCert: String?
     @Option(help: "Private key (PEM, RSA or ECDSA) of --tls-cert.")
     var tlsKey: String?
+    @Option(help: "Require a JWT signed with this HS256 secret on every WebSocket upgrade (its sub names the client).")
+    var jwtSecret: String?
+    @Option(help: "Like --jwt-secret, with the secret read from this file.")
+    var jwtSecretFile: String?
+    @Option(help: "Require a JWT signed with the private half of this public key (PEM: RSA for RS256, P-256 for ES256).")
+    var jwtPublicKey: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
@@ -72,7 +78,7 @@ struct ServerOptions: ParsableArguments {
         WasmLimits(callbackBudgetMilliseconds: wasmCallbackBudget, maxMemoryBytes: wasmMaxMemory)
     }
 
-    func configuration(defaultShards: Int?, staticDirectory: String?, pin: Bool) -> ServerConfiguration {
+    func configuration(defaultShards: Int?, staticDirectory: String?, pin: Bool) throws(CLIError) -> ServerConfiguration {
         var config = ServerConfiguration()
         config.host = host
         config.port = port
@@ -80,6 +86,11 @@ struct ServerOptions: ParsableArguments {
         config.staticDirectory = staticDirectory
         config.pinThreads = pin
         if let tlsCert, let tlsKey { config.tls = TLSFiles(certificateChain: tlsCert, privateKey: tlsKey) }
+        do {
+            config.jwt = try JWTVerifier.configured(secret: jwtSecret, secretFile: jwtSecretFile, publicKeyFile: jwtPublicKey)
+        } catch {
+            throw CLIError("\(error)")
+        }
         return config
     }
 
@@ -145,7 +156,7 @@ extension StateroomCommand {
                 let first = try builder.buildWasm(service, mode: mode)
                 print("built \(relative(first.output)) (\(formatSize(first.bytes)), \(mode.rawValue)) in \(formatSeconds(first.seconds))")
                 let factory = try loadFactory(first.output, limits: server.limits, logger: logger)
-                let config = server.configuration(defaultShards: 1, staticDirectory: service.staticDirectory, pin: false)
+                let config = try server.configuration(defaultShards: 1, staticDirectory: service.staticDirectory, pin: false)
                 var watched = fingerprint(service)
                 try runServer(config: config, factory: factory, logger: logger,
                               banner: "stateroom dev: \(service.name)", tickMilliseconds: max(50, pollInterval)) { server in
@@ -192,7 +203,7 @@ extension StateroomCommand {
             try StateroomCommand.reporting { () throws(CLIError) in
                 if let s = staticDirectory, !Files.isDirectory(s) { throw CLIError("--static \(s) is not a folder") }
                 let factory = try loadFactory(module, limits: server.limits, logger: logger)
-                let config = server.configuration(defaultShards: nil, staticDirectory: staticDirectory, pin: !noPin)
+                let config = try server.configuration(defaultShards: nil, staticDirectory: staticDirectory, pin: !noPin)
                 try runServer(config: config, factory: factory, logger: logger,
                               banner: "stateroom serve: \(module)", tickMilliseconds: nil) { _ in }
             }

@@ -18,8 +18,8 @@ Covered:
   with ``connect N as IDENTITY``.
 
 Env: ``STATEROOM_SERVER`` (see conftest.py), ``STATEROOM_CLI`` (default
-``<repo>/.build/release/stateroom``). Tests needing ``--jwt-secret`` are skipped, saying so, when
-the server binary does not list it in ``--help``.
+``<repo>/.build/release/stateroom``). Tests needing ``--jwt-secret`` fail, saying so, when the server
+binary does not list it in ``--help`` (a stale build).
 """
 
 from __future__ import annotations
@@ -90,13 +90,11 @@ def chat_wasm(cli) -> Path:
 
 @pytest.fixture(scope="session")
 def jwt_server_flag() -> None:
-    """Skips (saying why) if this server binary has no ``--jwt-secret`` yet."""
+    """Fails (saying why) if this server binary has no ``--jwt-secret``: a stale build."""
     binary = server_binary()
-    if not binary.exists():
-        pytest.skip(f"server binary not found at {binary}")
+    assert binary.exists(), f"server binary not found at {binary}"
     out = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=30)
-    if "--jwt-secret" not in out.stdout + out.stderr:
-        pytest.skip(f"{binary} has no --jwt-secret option (rebuild the server with authentication)")
+    assert "--jwt-secret" in out.stdout + out.stderr, f"{binary} has no --jwt-secret option (a stale build?)"
 
 
 # --------------------------------------------------------------------------------------------

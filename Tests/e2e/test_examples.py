@@ -32,6 +32,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import websockets
 
 from conftest import REPO_ROOT
 import wsraw
@@ -284,6 +285,35 @@ def test_serve_serves_a_module_and_static_files(cli_process, modules):
     status, body = p.get("/")
     assert status == 200 and body == (client / "index.html").read_bytes()
     run(counter_both(p.ws_url()))
+
+
+def test_serve_requires_a_token_with_jwt_secret_and_names_the_client(cli_process, modules):
+    import jwt
+    from urllib.parse import quote
+    secret = "cli-serve-hs256-secret-" + "0123456789abcdef" * 3
+    p = cli_process("serve", str(modules["Chat"]), "--host", "127.0.0.1", "--port", "0",
+                    "--shards", "1", "--no-pin", "--jwt-secret", secret, cwd=REPO_ROOT)
+    assert p.get("/status") == (200, b"ok")
+    token = quote(jwt.encode({"sub": "bob"}, secret, algorithm="HS256"), safe="")
+
+    async def main():
+        try:
+            async with ws_connect(p.ws_url("lobby")):
+                raise AssertionError("a client without a token joined")
+        except websockets.exceptions.InvalidStatus as e:
+            assert e.response.status_code == 401
+        async with ws_connect(p.ws_url("lobby") + f"?token={token}") as bob:
+            await expect(bob, "Welcome, bob!")
+    run(main())
+
+
+def test_serve_refuses_an_unusable_jwt_key(cli, modules, tmp_path):
+    bad = tmp_path / "key.pem"
+    bad.write_text("not a key")
+    proc = subprocess.run([str(cli), "serve", str(modules["Chat"]), "--port", "0", "--jwt-public-key", str(bad)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    assert "no public key or certificate found" in proc.stderr + proc.stdout
 
 
 async def counter_both(url: str) -> None:

@@ -1,4 +1,5 @@
 import Glibc
+import IOCore
 
 /// The built-in token check: every WebSocket upgrade must carry a JWT that ``verifier`` accepts;
 /// its `sub` becomes the client's identity and its optional `rooms` claim limits which rooms it
@@ -116,4 +117,32 @@ func constantTimeEquals(_ a: some Collection<UInt8>, _ b: some Collection<UInt8>
     var diff: UInt8 = 0
     for (x, y) in zip(a, b) { diff |= x ^ y }
     return diff == 0
+}
+
+extension JWTVerifier {
+    /// The verifier command-line options ask for: a secret (HS256), a file holding one (a trailing
+    /// line break dropped), or a PEM public key or certificate file (RS256 or ES256). nil when
+    /// none is given; more than one, an unreadable file or an unusable key throws.
+    public static func configured(secret: String?, secretFile: String?, publicKeyFile: String?,
+                                  clockSkew: Double = 30) throws(JWTKeyError) -> JWTVerifier? {
+        switch (secret, secretFile, publicKeyFile) {
+        case (nil, nil, nil):
+            return nil
+        case (let secret?, nil, nil):
+            return try JWTVerifier(hmacSecret: Array(secret.utf8), clockSkew: clockSkew)
+        case (nil, let path?, nil):
+            guard var bytes = FileIO.read(path, maxSize: 1 << 16) else {
+                throw JWTKeyError("cannot read the JWT secret file \(path)")
+            }
+            while bytes.last == UInt8(ascii: "\n") || bytes.last == UInt8(ascii: "\r") { bytes.removeLast() }
+            return try JWTVerifier(hmacSecret: bytes, clockSkew: clockSkew)
+        case (nil, nil, let path?):
+            guard let pem = FileIO.read(path, maxSize: 1 << 20) else {
+                throw JWTKeyError("cannot read the JWT public key file \(path)")
+            }
+            return try JWTVerifier(publicKeyPEM: String(decoding: pem, as: UTF8.self), clockSkew: clockSkew)
+        default:
+            throw JWTKeyError("give one JWT key: a secret, a secret file or a public key")
+        }
+    }
 }
