@@ -56,6 +56,18 @@ bench-compare: build
 	@$(PYTHON) -c "import socketify" 2>/dev/null || $(PYTHON) -m pip install -q --disable-pip-version-check socketify
 	taskset -c 1 .build/release/stateroom-bench --scenario all --compare ours --rounds 3 --chart bench-latency.svg
 
+# `make alloc-gates` (in CI, after `make test`) fails if a hot-path micro-benchmark allocates (frame
+# parse/encode, unmask, UTF-8 validation, HTTP head parse): it runs WireProtocolBenchmarks measuring
+# only `mallocCountTotal` (STATEROOM_ALLOC_GATE=1: 100 iterations each) and `thresholds check`
+# compares each p90 with Benchmarks/Thresholds/*.p90.json (0, no tolerance; a canary that allocates
+# once per message must read 1000). Timings are neither measured nor checked. Needs no jemalloc: on
+# Swift 6.3 the benchmark package counts with its malloc interposer (LD_PRELOAD). Scratch .build-gates.
+ALLOC_GATES_SCRATCH ?= $(CURDIR)/.build-gates
+.PHONY: alloc-gates
+alloc-gates: deps
+	cd Benchmarks && STATEROOM_ALLOC_GATE=1 $(SWIFT) package --scratch-path $(ALLOC_GATES_SCRATCH) \
+		benchmark thresholds check --target WireProtocolBenchmarks --metric mallocCountTotal --no-progress
+
 # `make floor` measures the kernel's loopback floor with no WebSocket work (Benchmarks/floor/floor.c):
 # sender CPU per 66-byte frame through plain send() and through io_uring, interleaved; sender on
 # CPU 0, receiver on CPU 1. FLOOR_ARGS passes options (e.g. FLOOR_ARGS="--batch 0 --repeats 7").
