@@ -43,8 +43,9 @@ final class Connection {
     @exclusivity(unchecked) var room: Room?
     /// permessage-deflate, when the client agreed to it (nil for most connections).
     @exclusivity(unchecked) var deflate: ConnectionDeflate?
-    /// How bytes cross the wire (``Transport``).
-    @exclusivity(unchecked) var transport = Transport.plain
+    /// How bytes cross the wire (``Transport``); set with ``setTLS(_:)`` and ``setPlain()``,
+    /// which keep the session's one retain.
+    @exclusivity(unchecked) private(set) var transport = Transport.plain
     /// Outbound frames: at most one send in flight; later frames gather behind it.
     @exclusivity(unchecked) var queue = SendQueue()
     /// Send-coalescing state (``Coalescer``).
@@ -61,8 +62,25 @@ final class Connection {
         self.lastHeard = now
     }
 
+    deinit {
+        if case .tls(let s) = transport { s.release() }
+    }
+
     @inline(__always)
     func tag(_ op: OpKind) -> Tag { Tag(op: op, slot: slot, generation: generation) }
+
+    /// Speaks TLS through `session` (retained until ``setPlain()`` or the connection goes).
+    func setTLS(_ session: TLSSession) {
+        setPlain()
+        transport = .tls(Unmanaged.passRetained(session))
+    }
+
+    /// Speaks plain bytes; a TLS session is let go.
+    func setPlain() {
+        guard case .tls(let s) = transport else { return }
+        transport = .plain
+        s.release()
+    }
 }
 
 extension Connection: Paced {}

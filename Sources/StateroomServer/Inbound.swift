@@ -18,8 +18,16 @@ import WireProtocol
 enum Transport {
     /// Bytes as they are.
     case plain
-    /// TLS (TLS.swift): records opened on the way in, frames sealed on the way out.
-    case tls(TLSSession)
+    /// TLS (TLS.swift): records opened on the way in, frames sealed on the way out. The session
+    /// is retained once by the connection holding this value (``Connection/setTLS(_:)``; released
+    /// by ``Connection/setPlain()`` or when the connection goes): unmanaged, so the hot path
+    /// (every frame queued) reaches it without a retain and a release.
+    case tls(Unmanaged<TLSSession>)
+
+    /// The session, as a strong reference (for paths that are not per frame).
+    var session: TLSSession? {
+        if case .tls(let u) = self { u.takeUnretainedValue() } else { nil }
+    }
 }
 
 extension Shard {
@@ -54,7 +62,7 @@ extension Shard {
         }
         if conn.recvArmed { return }
         // EOF or error: the peer is gone (or we shut the socket down).
-        if case .tls(let s) = conn.transport, !s.established, conn.state == .http { count(.tlsHandshakesAbandoned) }
+        if let s = conn.transport.session, !s.established, conn.state == .http { count(.tlsHandshakesAbandoned) }
         abort(conn)
     }
 
@@ -64,7 +72,7 @@ extension Shard {
     func received(_ conn: Connection, _ bytes: UnsafeMutableRawBufferPointer) {
         switch conn.transport {
         case .plain: deliver(conn, bytes)
-        case .tls(let session): tlsReceived(conn, session, bytes)
+        case .tls(let session): tlsReceived(conn, session.takeUnretainedValue(), bytes)
         }
     }
 
@@ -153,7 +161,7 @@ extension Shard {
     func upgrade(_ conn: Connection, _ accepted: AcceptedUpgrade, rest: [UInt8]) {
         var rest = rest
         rest.withUnsafeMutableBytes { upgrade(conn, accepted, rest: $0) }
-        if case .tls(let session) = conn.transport, !session.carry.isEmpty {
+        if let session = conn.transport.session, !session.carry.isEmpty {
             tlsReceived(conn, session, UnsafeMutableRawBufferPointer(start: nil, count: 0))
         }
     }

@@ -40,7 +40,7 @@ extension Shard {
                         abort(conn)
                         return armAcceptIfNeeded(c)
                     }
-                    conn.transport = .tls(session)
+                    conn.setTLS(session)
                 }
                 Socket.setNoDelay(conn.fd)
                 armReceive(conn, multishot: false)
@@ -130,7 +130,7 @@ extension Shard {
     /// the move waits until this shard has finished opening the receive that held the request.
     func handOff(_ conn: Connection, to owner: Int, _ accepted: AcceptedUpgrade, rest: [UInt8]) {
         var session: TLSSession?
-        if case .tls(let s) = conn.transport { session = s }
+        session = conn.transport.session
         if conn.hasOutbound || conn.queue.sendInFlight || session?.busy == true {
             conn.state = .parked
             parked[conn.slot] = (owner, accepted, rest)
@@ -146,7 +146,7 @@ extension Shard {
 
     /// A parked socket whose queue has drained moves on.
     func unparkIfDrained(_ conn: Connection) {
-        if case .tls(let s) = conn.transport, s.busy { return }
+        if let s = conn.transport.session, s.busy { return }
         guard conn.state == .parked, !conn.hasOutbound, !conn.queue.sendInFlight,
               let p = parked.removeValue(forKey: conn.slot) else { return }
         handOff(conn, to: p.owner, p.upgrade, rest: p.rest)
@@ -274,7 +274,7 @@ extension Shard {
         Socket.shutdown(conn.fd, write: true, read: true)
         if conn.recvArmed { loop.cancel(conn.tag(.recv)) }
         if !conn.queue.sendInFlight { outbox.releaseAll(&conn.queue) }
-        if case .tls(let s) = conn.transport {
+        if let s = conn.transport.session {
             s.closeNotifyDone = true
             outbox.releaseAll(&s.pending)
         }
@@ -293,10 +293,10 @@ extension Shard {
         outbox.releaseAll(&conn.queue)
         // Still a member until the leave is handled (its room counts it by `deflate`): released then.
         if conn.room == nil { releaseCompression(conn) }
-        if case .tls(let s) = conn.transport {
+        if let s = conn.transport.session {
             // Handed off, the session goes with the socket (its queue is empty then).
             outbox.releaseAll(&s.pending)
-            if closeDescriptor { conn.transport = .plain }
+            if closeDescriptor { conn.setPlain() }
         }
         if conn.room != nil { scheduleLeave(conn) }
         count(.connectionsOpen, -1)

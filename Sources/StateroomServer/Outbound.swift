@@ -54,7 +54,7 @@ extension Shard {
         switch conn.transport {
         case .plain: outbox.append(frame, to: &conn.queue)
         // Sealed with whatever else is queued by then, when the send is submitted (flushDirty).
-        case .tls(let session): outbox.append(frame, to: &session.pending)
+        case .tls(let session): session._withUnsafeGuaranteedRef { outbox.append(frame, to: &$0.pending) }
         }
         count(.framesQueued)
         count(.bytesQueued, len)
@@ -85,7 +85,7 @@ extension Shard {
     func dropUnsent(_ conn: Connection) {
         switch conn.transport {
         case .plain: outbox.dropUnsent(&conn.queue)
-        case .tls(let session): outbox.releaseAll(&session.pending)
+        case .tls(let session): outbox.releaseAll(&session.takeUnretainedValue().pending)
         }
     }
 
@@ -115,7 +115,7 @@ extension Shard {
             // With TLS the frames go out sealed together (a few records in one buffer): the
             // coalescer hears how many frames that was, as it would from a plain send.
             var sealedFrames: Int32 = 0
-            if case .tls(let session) = conn.transport, !session.pending.isEmpty {
+            if let session = conn.transport.session, !session.pending.isEmpty {
                 sealedFrames = session.pending.chunks
                 guard seal(conn, session) else { continue }
                 sealedFrames -= session.pending.chunks

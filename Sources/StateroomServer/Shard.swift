@@ -211,7 +211,7 @@ final class Shard {
                 if shuttingDown { Socket.close(fd); admission?.socketClosed(); continue }
                 count(.handoffsIn)
                 let conn = adopt(fd: fd)
-                if let tls { conn.transport = .tls(tls) }
+                if let tls { conn.setTLS(tls) }
                 upgrade(conn, accepted, rest: rest)
             case .tlsContext(let context):
                 tlsContext = context
@@ -239,7 +239,7 @@ final class Shard {
         while let r = requestDeadlines.first, r.at <= now {
             requestDeadlines.removeFirst()
             if let conn = conns.lookup(slot: r.slot, generation: r.generation), conn.state == .http {
-                if case .tls(let s) = conn.transport, !s.established { count(.tlsHandshakeTimeouts) }
+                if let s = conn.transport.session, !s.established { count(.tlsHandshakeTimeouts) }
                 abort(conn)
             }
         }

@@ -198,10 +198,10 @@ extension Shard {
     /// Bytes that are not a TLS handshake on the TLS port: a plain HTTP request is answered in
     /// plain text (400, saying to use https:// or wss://), anything else is closed.
     private func notTLS(_ conn: Connection, plainText: Bool) {
-        if case .tls(let s) = conn.transport { s.closeNotifyDone = true }
+        if let s = conn.transport.session { s.closeNotifyDone = true }
         if plainText {
             count(.tlsPlaintextRejected)
-            conn.transport = .plain
+            conn.setPlain()
             let body = Array("400 Bad Request: this port speaks TLS; use https:// or wss://\n".utf8)
             respond(conn, httpResponse(.badRequest, headers: [("Content-Type", "text/plain; charset=utf-8")],
                                        body: body, keepAlive: false), close: true)
@@ -264,7 +264,7 @@ extension Shard {
     /// Queues close_notify once everything else has gone out of a closing TLS connection.
     /// False when there is nothing to send (plain, already sent, or no session established).
     func queueCloseNotify(_ conn: Connection) -> Bool {
-        guard case .tls(let s) = conn.transport, !s.closeNotifyDone else { return false }
+        guard let s = conn.transport.session, !s.closeNotifyDone else { return false }
         s.closeNotifyDone = true
         guard s.established else { return false }
         ctls_close_notify(s.conn, tlsWorkspace.io)
@@ -279,7 +279,7 @@ extension Connection {
     var outboundBytes: Int {
         switch transport {
         case .plain: queue.bytes
-        case .tls(let s): queue.bytes + s.pending.bytes
+        case .tls(let s): queue.bytes + s._withUnsafeGuaranteedRef { $0.pending.bytes }
         }
     }
 
@@ -288,7 +288,7 @@ extension Connection {
     var outboundChunks: Int32 {
         switch transport {
         case .plain: queue.chunks
-        case .tls(let s): queue.chunks + s.pending.chunks
+        case .tls(let s): queue.chunks + s._withUnsafeGuaranteedRef { $0.pending.chunks }
         }
     }
 
@@ -297,7 +297,7 @@ extension Connection {
     var hasOutbound: Bool {
         switch transport {
         case .plain: !queue.isEmpty
-        case .tls(let s): !queue.isEmpty || !s.pending.isEmpty
+        case .tls(let s): !queue.isEmpty || s._withUnsafeGuaranteedRef { !$0.pending.isEmpty }
         }
     }
 }
