@@ -111,8 +111,11 @@ final class CompressionWorkspace {
     }
 
     let sharedInflater = DeflateDecompressor(windowBits: 15, noContextTakeover: true)
-    /// Inflated messages (grown up to the largest message accepted, reused).
+    /// Inflated messages: reused while they stay at most ``keptInflateBytes``; a larger one (up
+    /// to the largest message accepted, or a bomb cut off there) is let go after its message, so
+    /// one client's big message does not leave the shard holding `--max-message-size` bytes.
     var inflated: [UInt8] = []
+    static let keptInflateBytes = 256 << 10
     /// Compressed payloads before they are framed.
     private(set) var scratch: UnsafeMutableRawPointer
     private(set) var scratchCapacity: Int
@@ -206,6 +209,7 @@ extension Shard {
             deflate.inflater = inflater
         }
         let result = inflater.decompress(payload, limit: config.maxMessageSize, into: &work.inflated)
+        defer { if work.inflated.count > CompressionWorkspace.keptInflateBytes { work.inflated = [] } }
         if deflate.inflater != nil {
             let held = inflater.memoryBytes
             count(.inflateMemoryBytes, held - deflate.reportedBytes)

@@ -170,6 +170,12 @@ struct StateroomServerCommand: ParsableCommand {
             serviceName = service
         }
 
+        // Buffers of 1 MiB and more (a big message inflated, a large send) are mapped from the
+        // kernel and unmapped when freed. glibc's default threshold rises to the size of each such
+        // buffer freed, after which the next ones come from an arena that keeps their pages: one
+        // 16 MiB message would leave a shard holding tens of MB for the process's life.
+        _ = mallopt(-3 /* M_MMAP_THRESHOLD, malloc.h */, 1 << 20)
+
         // Blocked before the shards start, so only this thread receives them.
         let signals = StopSignals(hangup: true)
 
@@ -207,3 +213,6 @@ struct StateroomServerCommand: ParsableCommand {
                                logger: logger)
     }
 }
+
+/// glibc's `mallopt` (malloc.h, which Glibc's module does not expose).
+@_silgen_name("mallopt") private func mallopt(_ parameter: Int32, _ value: Int32) -> Int32

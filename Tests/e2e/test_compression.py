@@ -1270,3 +1270,38 @@ def test_chromium_gets_a_compressed_broadcast_back(server_factory, tmp_path):
         op, compressed, raw, got = watcher.recv_data()
         assert compressed and len(raw) < len(got) / 2, "the browser's message was not broadcast compressed"
         assert got.startswith(b'[{"id":"p-0"')
+
+
+def vm_rss_kib(pid: int) -> int:
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_bombs_at_the_default_limit_leave_no_lasting_memory_behind(server_factory):
+    """A bomb is inflated up to --max-message-size (16 MiB by default) before its 1009: that
+    buffer is let go after the message and comes back to the kernel, so after bombs on every shard
+    the server's resident memory is back near where it was (it used to keep ~34 MB per shard)."""
+    server = server_factory(service="relay", shards=2)
+    bomb = deflate(b"\x00" * (17 << 20), level=9)
+
+    def one(room: str) -> None:
+        with DeflateClient.open(server, f"/ws/{room}") as attacker:
+            attacker.send_frame(OP_BINARY, bomb, rsv=RSV1)
+            expect_close(attacker, 1009, "zip bomb")
+
+    # Warm: every shard has inflated (small) messages, so its workspace and arena exist.
+    for i in range(8):
+        with DeflateClient.open(server, f"/ws/bomb-{i}") as warm:
+            warm.send_compressed(text_of(4000))
+            assert warm.recv_data()[3] == text_of(4000)
+    time.sleep(0.3)
+    before = vm_rss_kib(server.proc.pid)
+    # Rooms spread over both shards (room ids hash to shards): every shard inflates bombs.
+    for i in range(8):
+        one(f"bomb-{i}")
+    time.sleep(0.3)
+    grown = vm_rss_kib(server.proc.pid) - before
+    assert grown < 8 * 1024, f"resident memory grew by {grown} KiB after 8 bombs of 16 MiB"
+    server.assert_alive()
