@@ -19,9 +19,11 @@ public final class UringEventLoop: EventLoopBackend {
     private let bufferMask: Int32
     private let buffers: UnsafeMutableRawPointer
     /// Free receive buffers not in the ring, most recently used last. The ring is kept stocked
-    /// with `stockTarget` of them, taken from the top, so a quiet server keeps reusing the same
-    /// few buffers (and their pages) instead of cycling through all of them: every buffer the
-    /// kernel fills once stays in the process's resident memory.
+    /// with `stockTarget` of them, taken from the top, so a server touches only the
+    /// `stockTarget` buffers the ring rotates through (and their pages) instead of all
+    /// `bufferCount`: every buffer the kernel fills once stays in the process's resident memory.
+    /// (The ring is first in, first out, so all stocked buffers do rotate; small receives touch
+    /// only a buffer's first page, larger ones the rest, until the stock is resident.)
     private var stock: [UInt16]
     /// Buffers in the ring that no completion has named yet.
     private var inRing = 0
