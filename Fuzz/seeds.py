@@ -138,6 +138,8 @@ abi = {
     "from-timer": u32(1) + u32(250),
     "truncated-length": u32(3) + u32(1) + u32(1) + u64(1 << 40) + b"ab",
     "bad-variant": u32(0) + u32(3),
+    # The identity extension (Sources/StateroomWasm/IDENTITY.md): ClientIdentity { 7, "bob" }.
+    "to-client-identity": u32(5) + u32(7) + u64(3) + b"bob",
 }
 for name, data in abi.items():
     write("abi", name, data)

@@ -11,6 +11,9 @@
 //   is canonical), written into an exact allocation.
 // - Fed to `GuestRuntime.receive`, the event reaches the matching callback, and the requests
 //   the service makes come out encoded as the host will decode them.
+// - With the identity extension on (IDENTITY.md), a `ClientIdentity` (variant 5) is recorded
+//   exactly when a reference decodes it, calls nothing, and lasts into the client's `connect`;
+//   every other input is handled as in ABI v1.
 
 import Stateroom
 import StateroomWasm
@@ -262,5 +265,47 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
             require(runtime.service.calls.isEmpty && output.requests.isEmpty, "a refused event reached the service")
         }
     }
+
+    // Host → guest with the identity extension on (IDENTITY.md): variant 5 is a ClientIdentity,
+    // recorded (nothing called) exactly when the reference decodes it; a following Connect sees it.
+    let wantIdentity = referenceClientIdentity(input)
+    withFreshCopy(input) { buffer in
+        let base = UnsafeRawBufferPointer(buffer)
+        let output = Recorder()
+        var runtime = GuestRuntime(service: Probe(), output: output, acceptsIdentities: true)
+        do throws(ABIDecodeError) {
+            try runtime.receive(base)
+            if let (client, identity) = wantIdentity {
+                require(runtime.service.calls.isEmpty && output.requests.isEmpty, "ClientIdentity called the service")
+                require(runtime.context.identity(of: ClientId(client)) == identity,
+                        "identity \(String(describing: runtime.context.identity(of: ClientId(client)))), expected \(identity)")
+                let connect = u32le(1) + u32le(client)
+                let event = MessageToProcess.connect(ClientId(client))
+                require(connect.withUnsafeBytes { (try? MessageToProcess.decode($0))?.encoded() } == connect, "Connect encoding")
+                runtime.dispatch(event)
+                require(runtime.service.calls == ["connect \(client)"], "the Connect after ClientIdentity: \(runtime.service.calls)")
+                require(runtime.context.identity(of: ClientId(client)) == identity, "the identity did not last into connect")
+            } else {
+                guard case .success = wantTo else { fail("receive (identities on) accepted what the reference refuses") }
+            }
+        } catch {
+            if input.count >= 4 && input[0] == 5 && input[1] == 0 && input[2] == 0 && input[3] == 0 {
+                require(wantIdentity == nil, "receive refused a ClientIdentity the reference decodes: \(error)")
+            } else {
+                guard case .failure(let want) = wantTo, want == error else { fail("receive (identities on): \(error), reference \(wantTo)") }
+            }
+            require(runtime.service.calls.isEmpty && output.requests.isEmpty, "a refused event reached the service")
+        }
+    }
     return 0
+}
+
+/// The reference for `ClientIdentity` (`5:u32 client:u32 len:u64 utf8`; bytes past the string are
+/// ignored, as for every event): the client and the identity, or nil.
+func referenceClientIdentity(_ input: [UInt8]) -> (UInt32, String)? {
+    func le(_ at: Int, _ n: Int) -> UInt64 { (0..<n).reduce(UInt64(0)) { $0 | UInt64(input[at + $1]) << (8 * UInt64($1)) } }
+    guard input.count >= 16, le(0, 4) == 5 else { return nil }
+    let length = le(8, 8)
+    guard length <= UInt64(input.count - 16) else { return nil }
+    return (UInt32(le(4, 4)), String(decoding: input[16..<16 + Int(length)], as: UTF8.self))
 }
