@@ -41,6 +41,22 @@ final class GuestInstance {
     // Reused argument arrays: mutated in place, so a call allocates no argument array.
     private var args1: [Value] = [.i32(0)]
     private var args2: [Value] = [.i32(0), .i32(0)]
+    /// The event buffer this instance keeps in guest memory: a block of ``bufferCapacity`` bytes
+    /// that `stateroom_malloc` gave, or 0 before the first event. Every event that fits is
+    /// written there and delivered with one call (`stateroom_recv`) instead of three; a bigger
+    /// one frees it (`stateroom_free(ptr, capacity)`) and allocates a bigger one. It is never
+    /// freed otherwise: the instance, and its memory, go away with the room.
+    private(set) var bufferPointer: UInt32 = 0
+    /// Size of the block at ``bufferPointer`` (what it was allocated and will be freed with).
+    private(set) var bufferCapacity: UInt32 = 0
+
+    /// Smallest event buffer: every v1 event but a message fits, and so do short messages.
+    static let minimumBufferCapacity: UInt32 = 256
+    /// Largest event buffer kept between events. A bigger event gets a block of its own for the
+    /// call, allocated and freed around `stateroom_recv` as ABI.md step 5 says, so one large
+    /// message does not pin that much guest memory (which counts against the memory cap) for
+    /// the rest of the room's life.
+    static let maximumBufferCapacity: UInt32 = 64 << 10
 
     /// Checks export kinds without instantiating (signatures need an instance: see
     /// ``verifySignatures()``).
@@ -161,8 +177,17 @@ final class GuestInstance {
         }
     }
 
-    /// Delivers one event exactly as ABI.md says: `ptr = stateroom_malloc(len)`, copy the encoding
-    /// to `ptr`, `stateroom_recv(ptr, len)`, `stateroom_free(ptr, len)`; all under one fuel budget.
+    /// Delivers one event: the encoding is written into the instance's event buffer in guest
+    /// memory and handed to `stateroom_recv(ptr, len)`; all under one fuel budget.
+    ///
+    /// ABI.md step 5 frames every event as `stateroom_malloc(len)`, copy, `stateroom_recv`,
+    /// `stateroom_free(ptr, len)`. The guest owns the block only between malloc and free and
+    /// never keeps a pointer into it past `stateroom_recv`, so the host may keep one block and
+    /// reuse it: the guest sees the same calls, only fewer of them (one `stateroom_malloc` per
+    /// buffer size rather than per event). An event that does not fit grows the buffer
+    /// (`stateroom_free(ptr, capacity)`, then `stateroom_malloc` of the next power of two);
+    /// one over ``maximumBufferCapacity`` is delivered in a block of its own, exactly as step 5.
+    /// Every block the guest returns is checked before the host writes there.
     /// Throws a description of what went wrong, naming the export that was running.
     func deliver(_ event: MessageToProcess) throws(GuestFailure) {
         try deliver(length: event.encodedCount) { event.encode(into: $0) }
@@ -186,25 +211,19 @@ final class GuestInstance {
         guard length <= Int(Int32.max) else { throw GuestFailure("event of \(length) bytes is too large for wasm32") }
         let len = UInt32(length)
 
-        args1[0] = .i32(len)
-        let results: [Value]
-        do {
-            results = try malloc.invoke(args1, on: &stack)
-        } catch {
-            throw GuestFailure("stateroom_malloc: " + Self.describe(error, budgetMilliseconds: budgetMilliseconds))
+        let ptr: UInt32
+        let ownBlock = len > Self.maximumBufferCapacity
+        if ownBlock {
+            ptr = try allocate(len, forEventOf: len)
+        } else {
+            if len > bufferCapacity { try growBuffer(toFit: len) }
+            ptr = bufferPointer
         }
-        guard results.count == 1, case .i32(let ptr) = results[0] else {
-            throw GuestFailure("stateroom_malloc returned \(results)")
-        }
-        // The guest's answer is checked before the host writes there: 0 is its "no memory" (the
-        // ABI gives 0 only for size 0, and every event has at least 4 bytes), and a block that
-        // does not fit its memory would make WasmKit's bounds `precondition` kill the process.
-        guard ptr != 0 else {
-            throw GuestFailure("stateroom_malloc(\(len)) returned 0 (no memory for the \(len)-byte event)")
-        }
+        // Checked on every event, not only when the block was allocated: cheap, and the host
+        // never writes where WasmKit's bounds `precondition` could stop the process.
         let size = memory.byteCount
         guard UInt64(ptr) + UInt64(len) <= UInt64(size) else {
-            throw GuestFailure("stateroom_malloc(\(len)) returned \(ptr), outside guest memory (\(size) bytes)")
+            throw GuestFailure("event buffer \(ptr)+\(len) is outside guest memory (\(size) bytes)")
         }
         _ = memory.withUnsafeMutableBufferPointer(offset: UInt(ptr), count: length, encode)
 
@@ -215,8 +234,62 @@ final class GuestInstance {
         } catch {
             throw GuestFailure("stateroom_recv: " + Self.describe(error, budgetMilliseconds: budgetMilliseconds))
         }
+        if ownBlock { try release(ptr, len) }
+    }
+
+    /// Replaces the event buffer by one that holds `len` bytes: frees the current one (if any),
+    /// then allocates the next power of two, at least ``minimumBufferCapacity``.
+    @inline(never)
+    private func growBuffer(toFit len: UInt32) throws(GuestFailure) {
+        if bufferPointer != 0 {
+            let (old, capacity) = (bufferPointer, bufferCapacity)
+            (bufferPointer, bufferCapacity) = (0, 0)
+            try release(old, capacity)
+        }
+        let capacity = Self.bufferCapacity(for: len)
+        let ptr = try allocate(capacity, forEventOf: len)
+        (bufferPointer, bufferCapacity) = (ptr, capacity)
+    }
+
+    /// The buffer size for an event of `len` bytes (at most ``maximumBufferCapacity``): the next
+    /// power of two, at least ``minimumBufferCapacity``, so that events of similar sizes share
+    /// one allocation.
+    static func bufferCapacity(for len: UInt32) -> UInt32 {
+        guard len > minimumBufferCapacity else { return minimumBufferCapacity }
+        return min(maximumBufferCapacity, 1 << (32 - (len - 1).leadingZeroBitCount))
+    }
+
+    /// `stateroom_malloc(size)`, with the guest's answer checked before the host writes there:
+    /// 0 is its "no memory" (the ABI gives 0 only for size 0, and every event has at least 4
+    /// bytes), and a block that does not fit its memory would make WasmKit's bounds
+    /// `precondition` kill the process.
+    @inline(never)
+    private func allocate(_ size: UInt32, forEventOf len: UInt32) throws(GuestFailure) -> UInt32 {
+        args1[0] = .i32(size)
+        let results: [Value]
+        do {
+            results = try malloc.invoke(args1, on: &stack)
+        } catch {
+            throw GuestFailure("stateroom_malloc: " + Self.describe(error, budgetMilliseconds: budgetMilliseconds))
+        }
+        guard results.count == 1, case .i32(let ptr) = results[0] else {
+            throw GuestFailure("stateroom_malloc returned \(results)")
+        }
+        guard ptr != 0 else {
+            throw GuestFailure("stateroom_malloc(\(size)) returned 0 (no memory for the \(len)-byte event)")
+        }
+        let memorySize = memory.byteCount
+        guard UInt64(ptr) + UInt64(size) <= UInt64(memorySize) else {
+            throw GuestFailure("stateroom_malloc(\(size)) returned \(ptr), outside guest memory (\(memorySize) bytes)")
+        }
+        return ptr
+    }
+
+    /// `stateroom_free(ptr, size)`.
+    @inline(never)
+    private func release(_ ptr: UInt32, _ size: UInt32) throws(GuestFailure) {
         args2[0] = .i32(ptr)
-        args2[1] = .i32(len)
+        args2[1] = .i32(size)
         do {
             try free.invoke(args2, on: &stack)
         } catch {

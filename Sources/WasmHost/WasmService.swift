@@ -4,8 +4,9 @@ import StateroomWasm
 
 /// A room served by a WebAssembly guest: one instance of the factory's module, on the room's shard.
 ///
-/// Every event goes to the guest through the ABI (`stateroom_malloc` / `stateroom_recv` /
-/// `stateroom_free`) — for a module that declared the identity extension, also `ClientIdentity`
+/// Every event goes to the guest through the ABI (`stateroom_recv`, with the event written into
+/// an event buffer the instance keeps from `stateroom_malloc` and grows when an event does not
+/// fit: ``GuestInstance/deliver(_:)``) — for a module that declared the identity extension, also `ClientIdentity`
 /// before an identified client's `Connect` — and what the guest sends back with `stateroom_send`
 /// goes to the context while the callback runs (its payload a view of guest memory, so the
 /// context encodes the frame from the guest's bytes). A trap, an exhausted budget, `proc_exit`,

@@ -130,11 +130,14 @@ import Testing
         #expect(ctx.closeReason?.contains("outside guest memory") == true)
     }
 
-    /// `malloc_fault.wat`: `null` makes its `stateroom_malloc` answer 0 from the next event on,
+    /// `malloc_fault.wat`: `null` makes its `stateroom_malloc` answer 0 from the next call on,
     /// `past` a block starting 2 bytes before the end of its memory; both set a 0 ms timer.
+    /// The host keeps its event buffer (256 bytes since `Init`), so the timer is delivered
+    /// without a malloc; the first event that does not fit (320 bytes) frees the buffer and asks
+    /// for a 512-byte one, which fails.
     @Test(arguments: [
-        ("null", "stateroom_malloc(4) returned 0 (no memory for the 4-byte event)"),
-        ("past", "stateroom_malloc(4) returned 131070, outside guest memory (131072 bytes)"),
+        ("null", "stateroom_malloc(512) returned 0 (no memory for the 320-byte event)"),
+        ("past", "stateroom_malloc(512) returned 131070, outside guest memory (131072 bytes)"),
     ])
     func mallocFailureEndsTheRoomWithoutWritingToGuestMemory(command: String, detail: String) throws {
         let log = LogRecorder()
@@ -145,8 +148,12 @@ import Testing
         #expect(ctx.take() == [.send(.broadcast, .text, Array("before".utf8))])
         room.send(command, context: ctx)
         #expect(ctx.take() == [.setTimer(0)])
-        room.timer(context: ctx)  // the first event after the command: its malloc fails
-        let reason = "wasm guest failed in timer: " + detail
+        room.timer(context: ctx)  // fits the kept buffer: no malloc, nothing fails
+        room.send("fits", context: ctx)
+        #expect(ctx.take() == [.send(.broadcast, .text, Array("fits".utf8))])
+        #expect(!room.isTerminated)
+        room.send(String(repeating: "z", count: 300), context: ctx)  // needs a bigger buffer: its malloc fails
+        let reason = "wasm guest failed in message: " + detail
         #expect(ctx.events == [.closeRoom(reason)])
         #expect(room.isTerminated)
         let errors = log.lines.filter { $0.level == .error }
@@ -171,8 +178,16 @@ import Testing
                 try guest.deliver(.message(sender: ClientId(1), payload: MessagePayload(borrowing: raw, kind: .text)))
             }
         }
+        // The timer fits the buffer `Init` got; the 320-byte message needs a new one: malloc
+        // answers 0, and the host writes nothing.
+        try guest.withSink({ _ in }) { () throws(GuestFailure) in try guest.deliver(.timer) }
+        let big = [UInt8](repeating: 0x7A, count: 300)
         #expect(throws: GuestFailure.self) {
-            try guest.withSink({ _ in }) { () throws(GuestFailure) in try guest.deliver(.timer) }
+            try big.withUnsafeBytes { raw in
+                try guest.withSink({ _ in }) { () throws(GuestFailure) in
+                    try guest.deliver(.message(sender: ClientId(1), payload: MessagePayload(borrowing: raw, kind: .text)))
+                }
+            }
         }
         let low = try guest.state.read(0, 16, "test") { Array($0) }
         #expect(low == [UInt8](repeating: 0, count: 16))

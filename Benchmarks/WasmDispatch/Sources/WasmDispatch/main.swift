@@ -17,7 +17,20 @@ import WAT
 @_spi(Fuzzing) import WasmKit
 import WasmHost
 
-let rounds = CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 9 : 9
+let usage = """
+    usage: WasmDispatch [rounds]          full benchmark, medians over rounds (default 9)
+           WasmDispatch relay [messages]  only the wasm relay: Init, 1000 warm-up messages, then
+                                          `messages` (default 100000) relay callbacks; prints the
+                                          per-callback time. Made for `valgrind --tool=callgrind`
+                                          (instructions) and `valgrind` (heap blocks): run it with
+                                          two message counts and divide the difference.
+    """
+if CommandLine.arguments.contains("--help") || CommandLine.arguments.contains("-h") {
+    print(usage)
+    exit(0)
+}
+let relayOnly = CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "relay"
+let rounds = !relayOnly && CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 9 : 9
 let logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 let here = URL(fileURLWithPath: #filePath)
 let fixtures = here.deletingLastPathComponent().appendingPathComponent("../../../../Tests/WasmHostTests/Fixtures").standardized
@@ -64,6 +77,24 @@ func drive(_ service: inout some StateroomService, _ payload: MessagePayload, _ 
 // MARK: - Per message
 
 let text = Array("0123456789abcdef0123456789abcdef".utf8)  // 32 bytes
+
+if relayOnly {
+    let count = CommandLine.arguments.count > 2 ? Int(CommandLine.arguments[2]) ?? 100_000 : 100_000
+    let factory = try WasmServiceFactory(bytes: fixture("relay"), name: "relay", limits: WasmLimits(spareInstances: 0), logger: logger)
+    var relay: any StateroomService = try factory.makeService(roomId: "bench", shard: 0)
+    let ctx = NullContext()
+    text.withUnsafeBytes { raw in
+        let payload = MessagePayload(borrowing: raw, kind: .text)
+        relay.initialize(context: ctx)
+        drive(&relay, payload, ctx, 1_000)  // warm-up (translation)
+        let t = now()
+        drive(&relay, payload, ctx, count)
+        let elapsed = Double(now() - t)
+        print("relay: \(count) messages of 32 bytes, \(count > 0 ? format(elapsed / Double(count)) : "-") per callback")
+    }
+    precondition(ctx.sends == 1_000 + count)
+    exit(0)
+}
 let messages = 200_000
 print("WasmDispatch: \(rounds) rounds, medians; \(messages) messages of 32 bytes per round")
 
