@@ -476,8 +476,7 @@ def test_rs256_briefly(server_factory, keys):
 def test_unusable_public_key_stops_startup(io_backend, keys, tmp_path, case):
     from cryptography.hazmat.primitives import serialization
     binary = server_binary()
-    if not binary.exists():
-        pytest.skip(f"server binary not found at {binary}")
+    assert binary.exists(), f"server binary not found at {binary}"
     path = tmp_path / "key.pem"
     if case == "private_key_pem":
         path.write_bytes(keys.es.private.private_bytes(serialization.Encoding.PEM,
@@ -620,9 +619,11 @@ ws.onclose = (e) => log('close ' + e.code);
 def test_browser_passes_the_token_as_a_subprotocol(hs_server, tmp_path):
     """Browsers cannot set headers on a WebSocket: Chromium offers ``["stateroom", "bearer.<t>"]``,
     is answered ``stateroom``, and is in the room as the token's ``sub``."""
-    if not any(p and os.path.exists(p) for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"),
-                                                  shutil.which("chromium-browser"), "/usr/bin/chromium")):
-        pytest.skip("chromium is not installed")
+    # make's set-up installs Chromium: a missing browser fails (as in test_tls.py), never skips.
+    assert any(p and os.path.exists(p) for p in (os.environ.get("CHROMIUM"), shutil.which("chromium"),
+                                                 shutil.which("chromium-browser"), "/usr/bin/chromium")), \
+        "chromium is not installed (make deps installs it)"
+
     www = tmp_path / "www"
     www.mkdir()
     (www / "index.html").write_text(BROWSER_PAGE.replace("%TOKEN%", hs256("bob")))

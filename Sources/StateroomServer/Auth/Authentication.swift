@@ -1,5 +1,7 @@
+import CLibCrypto
 import Glibc
 import IOCore
+import WireProtocol
 
 /// The built-in token check: every WebSocket upgrade must carry a JWT that ``verifier`` accepts;
 /// its `sub` becomes the client's identity and its optional `rooms` claim limits which rooms it
@@ -71,30 +73,13 @@ struct TokenAuthenticator: Sendable {
         return t
     }
 
-    /// `%XX` sequences decoded (a JWT needs none, but a client may encode `.`); `+` is left as is.
+    /// `%XX` sequences decoded (a JWT needs none, but a client may encode `.`), with the request
+    /// router's decoder; a bad escape leaves the value as sent (it then fails as a token).
     static func percentDecoded(_ s: String) -> String {
         guard s.utf8.contains(UInt8(ascii: "%")) else { return s }
         var out: [UInt8] = []
-        out.reserveCapacity(s.utf8.count)
-        var it = Array(s.utf8)[...]
-        while let c = it.popFirst() {
-            if c == UInt8(ascii: "%"), it.count >= 2, let h = hex(it[it.startIndex]), let l = hex(it[it.startIndex + 1]) {
-                out.append(h << 4 | l)
-                it = it.dropFirst(2)
-            } else {
-                out.append(c)
-            }
-        }
-        return String(decoding: out, as: UTF8.self)
-    }
-
-    private static func hex(_ c: UInt8) -> UInt8? {
-        switch c {
-        case UInt8(ascii: "0")...UInt8(ascii: "9"): c - UInt8(ascii: "0")
-        case UInt8(ascii: "a")...UInt8(ascii: "f"): c - UInt8(ascii: "a") + 10
-        case UInt8(ascii: "A")...UInt8(ascii: "F"): c - UInt8(ascii: "A") + 10
-        default: nil
-        }
+        let ok = Array(s.utf8).withUnsafeBytes { raw in percentDecode(raw) { out.append($0); return true } }
+        return ok ? String(decoding: out, as: UTF8.self) : s
     }
 
     /// A room id as it may appear in a one-line reason (control characters replaced, capped).
@@ -111,12 +96,9 @@ struct TokenAuthenticator: Sendable {
     }
 }
 
-/// Compares two byte strings in time that depends only on their lengths.
-func constantTimeEquals(_ a: some Collection<UInt8>, _ b: some Collection<UInt8>) -> Bool {
-    guard a.count == b.count else { return false }
-    var diff: UInt8 = 0
-    for (x, y) in zip(a, b) { diff |= x ^ y }
-    return diff == 0
+/// Compares two byte strings in time that depends only on their lengths (OpenSSL's `CRYPTO_memcmp`).
+func constantTimeEquals(_ a: [UInt8], _ b: [UInt8]) -> Bool {
+    a.count == b.count && CRYPTO_memcmp(a, b, a.count) == 0
 }
 
 extension JWTVerifier {

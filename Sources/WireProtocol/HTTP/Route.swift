@@ -124,7 +124,7 @@ func hexValue(_ c: UInt8) -> UInt8? {
 
 /// Percent-decodes `bytes`, calling `sink` for each decoded byte; false on a bad escape.
 @inline(__always)
-func percentDecode(_ bytes: UnsafeRawBufferPointer, _ sink: (UInt8) -> Bool) -> Bool {
+public func percentDecode(_ bytes: UnsafeRawBufferPointer, _ sink: (UInt8) -> Bool) -> Bool {
     var i = 0
     while i < bytes.count {
         var c = bytes[i]
