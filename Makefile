@@ -109,5 +109,14 @@ sanitize-address: deps
 	LSAN_OPTIONS=suppressions=$(CURDIR)/Fuzz/sanitizers/lsan.supp:print_suppressions=0 \
 		$(NICE) $(SWIFT) test --sanitize=address --scratch-path .build-asan
 
+# ThreadSanitizer writes its reports to .build-tsan/reports/; they are printed after the run, with
+# their one-line summaries last, so the end of a CI log names the race.
 sanitize-thread: deps
-	TSAN_OPTIONS=second_deadlock_stack=1 $(NICE) $(SWIFT) test --sanitize=thread --scratch-path .build-tsan
+	@rm -rf .build-tsan/reports && mkdir -p .build-tsan/reports
+	@TSAN_OPTIONS=second_deadlock_stack=1:log_path=$(CURDIR)/.build-tsan/reports/tsan \
+		$(NICE) $(SWIFT) test --sanitize=thread --scratch-path .build-tsan; rc=$$?; \
+	if ls .build-tsan/reports/tsan* >/dev/null 2>&1; then \
+		cat .build-tsan/reports/tsan*; \
+		echo "ThreadSanitizer reports:"; grep -h '^SUMMARY:' .build-tsan/reports/tsan*; \
+		[ $$rc -ne 0 ] || rc=1; \
+	fi; exit $$rc
