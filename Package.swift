@@ -103,7 +103,7 @@ let package = Package(
         .target(
             name: "StateroomWasm",
             dependencies: ["Stateroom"],
-            exclude: ["Guest", "Entry", "Native", "runtime"],
+            exclude: ["Guest", "Entry", "Native", "runtime", "IDENTITY.md"],
             swiftSettings: strict
         ),
         .executableTarget(

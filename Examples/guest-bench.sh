@@ -2,8 +2,8 @@
 # Size, build time and per-message cost of every example: the same Swift source compiled to wasm
 # (Embedded Swift, served through WasmKit) and natively. Prints a Markdown table.
 #   Examples/guest-bench.sh [--rounds N] [--count N]      (from the repository root)
-# Per message = one `message` callback (for wasm: stateroom_malloc + copy + stateroom_recv +
-# every stateroom_send + stateroom_free, through WasmHost's WasmService), median of the rounds.
+# Per message = one `message` callback (for wasm: the event written into the instance's kept
+# buffer + stateroom_recv + every stateroom_send, through WasmHost's WasmService), median of the rounds.
 set -e
 CLI=${STATEROOM_CLI:-.build/release/stateroom}
 ROUNDS=9

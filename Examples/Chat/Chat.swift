@@ -25,15 +25,20 @@ struct Chat: StateroomService {
     }
 
     mutating func message(client: ClientId, message: MessagePayload, context: some StateroomContext) {
-        guard let text = message.text else { return }
+        guard message.isText else { return }
         let name = name(of: client)
-        if text.hasPrefix("/nick ") {
-            let newName = String(text.dropFirst(6))
+        if message.hasTextPrefix("/nick ") {
+            let newName = String(message.text!.dropFirst(6))
             guard !newName.isEmpty else { return }
             nicknames[client] = newName
             context.send("\(name) is now known as \(newName)", to: .broadcast)
         } else {
-            context.send("\(name): \(text)", to: .broadcast)
+            // "\(name): \(text)", written in place around the borrowed message: no String built.
+            context.sendText(to: .broadcast) { text in
+                text.append(name)
+                text.append(": ")
+                text.append(message)
+            }
         }
     }
 }

@@ -15,7 +15,10 @@ struct Clock: StateroomService {
     }
 
     mutating func timer(context: some StateroomContext) {
-        context.send("Timer @ \(ticks)", to: .broadcast)
+        context.sendText(to: .broadcast) { text in
+            text.append("Timer @ ")
+            text.append(ticks)
+        }
         ticks += 1
         context.setTimer(milliseconds: interval)
     }
@@ -28,7 +31,12 @@ struct Clock: StateroomService {
         }
         interval = ms
         context.setTimer(milliseconds: ms)  // replaces the pending timer
-        context.send("\(client) set the interval to \(ms) ms", to: .broadcast)
+        context.sendText(to: .broadcast) { line in
+            line.append(client)
+            line.append(" set the interval to ")
+            line.append(ms)
+            line.append(" ms")
+        }
     }
 }
 

@@ -7,8 +7,15 @@ struct EchoServer: StateroomService {
     }
 
     mutating func message(client: ClientId, message: MessagePayload, context: some StateroomContext) {
-        guard let text = message.text else { return }
-        context.send("User \(client) sent '\(text)'", to: .broadcast)
+        guard message.isText else { return }
+        // "User \(client) sent '\(text)'", written in place around the borrowed message.
+        context.sendText(to: .broadcast) { text in
+            text.append("User ")
+            text.append(client)
+            text.append(" sent '")
+            text.append(message)
+            text.append("'")
+        }
     }
 
     mutating func disconnect(client: ClientId, context: some StateroomContext) {

@@ -13,7 +13,11 @@ struct SharedCounter: StateroomService {
         } else {
             return
         }
-        context.send("new value: \(value)", to: .broadcast)
+        // Written in place: interpolating a String would cost more than the rest of the message.
+        context.sendText(to: .broadcast) { text in
+            text.append("new value: ")
+            text.append(value)
+        }
     }
 }
 

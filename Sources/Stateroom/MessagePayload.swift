@@ -93,6 +93,18 @@ public struct MessagePayload {
         }
     }
 
+    /// `true` if this is a text message that starts with `prefix`, compared without copying.
+    public func hasTextPrefix(_ prefix: String) -> Bool {
+        guard kind == .text else { return false }
+        var p = prefix
+        return p.withUTF8 { expected in
+            withUnsafeBytes { actual in
+                actual.count >= expected.count
+                    && UnsafeRawBufferPointer(rebasing: actual[..<expected.count]).elementsEqual(UnsafeRawBufferPointer(expected))
+            }
+        }
+    }
+
     /// Calls `body` with the payload's bytes; the pointer is valid only inside `body`.
     public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         switch storage {

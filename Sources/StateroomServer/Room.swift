@@ -5,6 +5,8 @@ import Stateroom
 protocol RoomHost: AnyObject {
     /// Encodes `message` once and queues it to the members `recipient` names.
     func send(_ message: MessagePayload, to recipient: MessageRecipient, in room: Room)
+    /// Memory that services' ``StateroomContext/sendText(to:_:)`` texts are written in, reused.
+    var textScratch: MessageBuffer { get }
     /// Replaces the room's timer.
     func setTimer(of room: Room, milliseconds: UInt32)
 }
@@ -176,6 +178,10 @@ struct RoomContext: StateroomContext {
 
     func send(_ message: MessagePayload, to recipient: MessageRecipient) {
         host.send(message, to: recipient, in: room)
+    }
+
+    func sendText(to recipient: MessageRecipient, _ write: (inout TextWriter) -> Void) {
+        host.textScratch.withText(write) { host.send($0, to: recipient, in: room) }
     }
 
     func setTimer(milliseconds: UInt32) {

@@ -69,6 +69,8 @@ final class Shard {
     lazy var tlsWorkspace = TLSWorkspace()
     /// The shard's compressor, shared inflater and their buffers (made on first use).
     lazy var compression = CompressionWorkspace(level: config.compression.level)
+    /// The memory services write `sendText` messages in (``RoomContext``).
+    let textScratch = MessageBuffer()
     @exclusivity(unchecked) private var counters = [Int](repeating: 0, count: ShardStats.Counter.allCases.count)
     /// The loop turn's clock reading (monotonic nanoseconds).
     @exclusivity(unchecked) var now: UInt64 = monotonicNanos()

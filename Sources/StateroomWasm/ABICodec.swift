@@ -165,11 +165,7 @@ extension MessageFromProcess {
         switch self {
         case .message(let recipient, let payload):
             w.u32(0)
-            switch recipient {
-            case .broadcast: w.u32(0)
-            case .client(let c): w.u32(1); w.u32(c.rawValue)
-            case .everyoneExcept(let c): w.u32(2); w.u32(c.rawValue)
-            }
+            w.recipient(recipient)
             w.payload(payload)
         case .setTimer(let ms):
             w.u32(1); w.u32(ms)
@@ -182,6 +178,22 @@ extension MessageFromProcess {
         [UInt8](unsafeUninitializedCapacity: encodedCount) { buffer, count in
             count = encode(into: UnsafeMutableRawBufferPointer(buffer))
         }
+    }
+
+    /// The bytes before the text of `Message { recipient, Text }`: what a writer leaves free
+    /// for ``encodeTextHeader(_:length:at:)``.
+    static func textHeaderCount(_ recipient: MessageRecipient) -> Int {
+        (recipient == .broadcast ? 8 : 12) + 12
+    }
+
+    /// Writes the header of `Message { recipient, Text }` whose `length` bytes of text follow
+    /// it (``textHeaderCount(_:)`` bytes at `base`).
+    static func encodeTextHeader(_ recipient: MessageRecipient, length: Int, at base: UnsafeMutableRawPointer) {
+        var w = ABIWriter(base)
+        w.u32(0)
+        w.recipient(recipient)
+        w.u32(1)
+        w.u64(UInt64(length))
     }
 
     /// Decodes the message at the start of `bytes`; the payload is a view of `bytes`, no copy.
@@ -319,6 +331,15 @@ struct ABIWriter {
     mutating func u64(_ v: UInt64) {
         base.storeBytes(of: v.littleEndian, toByteOffset: offset, as: UInt64.self)
         offset += 8
+    }
+
+    /// `MessageRecipient`: `0` Broadcast, `1 client:u32` Client, `2 client:u32` EveryoneExcept.
+    mutating func recipient(_ r: MessageRecipient) {
+        switch r {
+        case .broadcast: u32(0)
+        case .client(let c): u32(1); u32(c.rawValue)
+        case .everyoneExcept(let c): u32(2); u32(c.rawValue)
+        }
     }
 
     /// `MessagePayload`: kind (`0` Bytes, `1` Text), `u64` length, the bytes.

@@ -15,28 +15,7 @@ public protocol GuestOutput {
 
 /// The scratch memory a context encodes into, reused for every message of a room: requests are
 /// written with plain stores (no `Array` bookkeeping), which matters in an interpreted guest.
-public final class GuestEncodeBuffer {
-    private var storage: UnsafeMutableRawPointer
-    private var capacity: Int
-
-    /// Scratch memory of `capacity` bytes (at least 64); it grows when a message needs more.
-    public init(capacity: Int = 256) {
-        self.capacity = max(64, capacity)
-        storage = UnsafeMutableRawPointer.allocate(byteCount: self.capacity, alignment: 8)
-    }
-
-    deinit { storage.deallocate() }
-
-    /// Memory for at least `count` bytes, valid until the next call.
-    func reserve(_ count: Int) -> UnsafeMutableRawPointer {
-        if count > capacity {
-            storage.deallocate()
-            capacity = max(count, capacity * 2)
-            storage = UnsafeMutableRawPointer.allocate(byteCount: capacity, alignment: 8)
-        }
-        return storage
-    }
-}
+public typealias GuestEncodeBuffer = MessageBuffer
 
 /// The identities of a room's clients, as the host delivered them (`ClientIdentity`, IDENTITY.md):
 /// an entry from the `ClientIdentity` that precedes a client's `Connect` until that client's
@@ -128,15 +107,43 @@ public struct GuestContext<Output: GuestOutput>: StateroomContext {
         emit(.message(recipient: recipient, payload: message))
     }
 
+    /// Sends the text `write` appends, written straight after the message's header in the
+    /// scratch memory: no `String`, no copy before `stateroom_send`.
+    public func sendText(to recipient: MessageRecipient, _ write: (inout TextWriter) -> Void) {
+        withScratch { scratch in
+            let header = MessageFromProcess.textHeaderCount(recipient)
+            var writer = TextWriter(buffer: scratch, start: header)
+            write(&writer)
+            let p = scratch.base
+            MessageFromProcess.encodeTextHeader(recipient, length: writer.count, at: p)
+            output.emit(UnsafeRawBufferPointer(start: p, count: header + writer.count))
+        }
+    }
+
     /// Sends `SetTimer { ms_delay }`.
     public func setTimer(milliseconds: UInt32) {
         emit(.setTimer(milliseconds: milliseconds))
     }
 
     private func emit(_ request: MessageFromProcess) {
-        let p = buffer.reserve(request.encodedCount)
-        let written = request.encodeUnchecked(at: p)
-        output.emit(UnsafeRawBufferPointer(start: p, count: written))
+        withScratch { scratch in
+            let p = scratch.reserve(request.encodedCount)
+            let written = request.encodeUnchecked(at: p)
+            output.emit(UnsafeRawBufferPointer(start: p, count: written))
+        }
+    }
+
+    /// Runs `body` with the room's scratch memory, or — when a request is sent from inside a
+    /// ``sendText(to:_:)`` closure, whose text is still being written there — with memory of its
+    /// own, so the text in progress is not overwritten.
+    private func withScratch(_ body: (MessageBuffer) -> Void) {
+        if buffer.inUse {
+            body(MessageBuffer())
+            return
+        }
+        buffer.inUse = true
+        body(buffer)
+        buffer.inUse = false
     }
 
     /// Hands `reason` to the output (in a wasm module: logged, then a trap).

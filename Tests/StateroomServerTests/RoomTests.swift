@@ -11,6 +11,7 @@ final class RecordingHost: RoomHost {
         sent.append((message.text ?? "<binary>", recipient))
     }
     func setTimer(of room: Room, milliseconds: UInt32) { timers.append(milliseconds) }
+    let textScratch = MessageBuffer()
 }
 
 /// Greets, echoes, and gives up on "quit".
@@ -114,6 +115,35 @@ private func connection(_ slot: UInt32) -> Connection {
         room.forgetIdentity(of: bobId)
         #expect(room.identity(of: bobId) == nil)
         #expect(host.sent.map(\.0) == ["in bob", "in -", "msg bob", "msg -", "out bob"])
+    }
+
+    @Test func aTextWrittenInPlaceReachesTheShardAndANestedSendKeepsItIntact() {
+        struct Writer: StateroomService {
+            var value = 0
+            mutating func message(client: ClientId, message: MessagePayload, context: some StateroomContext) {
+                value += 1
+                let value = value
+                context.sendText(to: .broadcast) { text in
+                    text.append("value ")
+                    text.append(value)
+                    text.append(" from ")
+                    text.append(client)
+                    text.append(": ")
+                    // Sent while the outer text is half written: it gets memory of its own.
+                    context.sendText(to: .client(client)) { inner in inner.append("ack") }
+                    text.append(message)
+                }
+            }
+        }
+        let host = RecordingHost()
+        let room = Room(id: "r", service: Writer())
+        let a = connection(0)
+        #expect(room.connect(room.add(a), host) == nil)
+        #expect(room.message(ClientId(1), .text("hi"), host) == nil)
+        #expect(room.message(ClientId(1), .text("again"), host) == nil)
+        #expect(host.sent.map(\.0) == ["ack", "value 1 from ClientId(1): hi", "ack", "value 2 from ClientId(1): again"])
+        #expect(host.sent.map(\.1) == [.client(ClientId(1)), .broadcast, .client(ClientId(1)), .broadcast])
+        #expect(!host.textScratch.inUse)
     }
 
     @Test func theRoomTableCreatesOnFirstOpenEndsOnceAndSwapsFactories() throws {

@@ -338,8 +338,8 @@ def test_dev_rebuilds_and_reloads_on_a_source_change(cli_process, tmp_path):
             await expect(ws, "new value: 1")
             mark = len(p.output())
             text = source.read_text()
-            assert '"new value: \\(value)"' in text
-            source.write_text(text.replace('"new value: \\(value)"', '"the value is now \\(value)"'))
+            assert 'text.append("new value: ")' in text
+            source.write_text(text.replace('text.append("new value: ")', 'text.append("the value is now ")'))
             # the room is restarted once the new module is in: this client gets 1012
             assert await close_code(ws, timeout=120) == 1012
             p.wait_for(r"reloaded", 5, after=mark)

@@ -206,6 +206,11 @@ public final class StateroomCountingContext: StateroomContext {
         messages += 1
         bytes += message.count
     }
+    private let scratch = MessageBuffer()
+    /// Written in memory kept from one message to the next, as the server does.
+    public func sendText(to recipient: MessageRecipient, _ write: (inout TextWriter) -> Void) {
+        scratch.withText(write) { send($0, to: recipient) }
+    }
     public func setTimer(milliseconds: UInt32) { timers += 1 }
     public func closeRoom(reason: String) {}
 }
