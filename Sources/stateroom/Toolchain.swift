@@ -82,7 +82,9 @@ struct SDKSources {
     /// existentials, which Embedded Swift cannot compile.
     func apiFiles(embedded: Bool) -> [String] {
         Files.list(root + "/Stateroom").filter { $0.hasSuffix(".swift") }
-            .filter { !embedded || $0 != "StateroomServiceFactory.swift" }
+            // Host-side API: factories, and snapshots of native services (a wasm guest's state
+            // is its memory, which the host snapshots).
+            .filter { !embedded || ($0 != "StateroomServiceFactory.swift" && $0 != "SnapshottableService.swift") }
             .map { root + "/Stateroom/" + $0 }
     }
 

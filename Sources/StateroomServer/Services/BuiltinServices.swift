@@ -18,6 +18,22 @@ public struct CounterService: StateroomService {
     }
 }
 
+extension CounterService: SnapshottableService {
+    public static let snapshotFormat = "stateroom.counter/1"
+
+    public func snapshot() -> [UInt8] {
+        var w = SnapshotWriter()
+        w.write(value)
+        return w.bytes
+    }
+
+    public init(snapshot: [UInt8]) throws(SnapshotError) {
+        var r = SnapshotReader(snapshot)
+        value = try r.int("value")
+        try r.finish()
+    }
+}
+
 /// The seed's EchoServer: greets a client, broadcasts what each says, and who left.
 public struct EchoService: StateroomService {
     public init() {}
@@ -74,6 +90,33 @@ public struct ChatService: StateroomService {
         } else {
             context.send("\(name): \(text)", to: .broadcast)
         }
+    }
+}
+
+extension ChatService: SnapshottableService {
+    public static let snapshotFormat = "stateroom.chat/1"
+
+    /// The names of the clients in the room, by client id.
+    public func snapshot() -> [UInt8] {
+        var w = SnapshotWriter()
+        w.write(nicknames.count)
+        for (client, name) in nicknames.sorted(by: { $0.key < $1.key }) {
+            w.write(client.rawValue)
+            w.write(name)
+        }
+        return w.bytes
+    }
+
+    public init(snapshot: [UInt8]) throws(SnapshotError) {
+        var r = SnapshotReader(snapshot)
+        let count = try r.int("nickname count")
+        // Each entry takes at least 12 bytes: a count beyond that is a lie, not an allocation.
+        guard count >= 0, count <= r.remaining / 12 else { throw SnapshotError("nickname count \(count) does not fit the snapshot") }
+        for _ in 0..<count {
+            let client = ClientId(try r.uint32("client id"))
+            nicknames[client] = try r.string("nickname")
+        }
+        try r.finish()
     }
 }
 
