@@ -31,6 +31,8 @@ let package = Package(
             linkerSettings: [.linkedLibrary("uring")]
         ),
         .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto"),
+        // Redis (Debian libhiredis-dev), for durable rooms: used on the store thread only.
+        .systemLibrary(name: "CHiredis", path: "Sources/CHiredis"),
         // TLS over memory (OpenSSL's libssl 3): sessions that never touch a descriptor, so every
         // socket read and write stays on the shard's ring.
         .target(
@@ -60,7 +62,7 @@ let package = Package(
         .target(
             name: "StateroomServer",
             dependencies: [
-                "IOCore", "WireProtocol", "Stateroom", "CTLS", "CLibCrypto",
+                "IOCore", "WireProtocol", "Stateroom", "CTLS", "CLibCrypto", "CHiredis",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
