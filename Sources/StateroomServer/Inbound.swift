@@ -151,6 +151,7 @@ extension Shard {
     /// Answers 101, joins (or creates) the room, and parses `rest`, the bytes that followed the
     /// request head, as frames.
     func upgrade(_ conn: Connection, _ accepted: AcceptedUpgrade, rest: UnsafeMutableRawBufferPointer) {
+        if awaitStoredRoom(conn, accepted, rest: rest) { return }
         guard join(conn, accepted) else { return }
         armReceive(conn, multishot: true)
         if rest.count > 0 { onFrameBytes(conn, rest) }

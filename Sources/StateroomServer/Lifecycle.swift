@@ -222,8 +222,12 @@ extension Shard {
                     roomFailed(room, failure)
                     continue
                 }
-                // A failed room is ended below, with its log line.
-                if room.members.isEmpty && room.failure == nil { endRoom(room) }
+                // A failed room is ended below, with its log line. A durable room that empties
+                // is saved, then dropped from memory: it hibernates until its next client.
+                if room.members.isEmpty && room.failure == nil {
+                    if durable != nil && room.changedSinceSnapshot && save(room, dropping: true) { count(.roomsHibernated) }
+                    endRoom(room)
+                }
             }
             while let (room, failure) = failedRooms.popLast() {
                 guard !room.isClosed else { continue }

@@ -14,6 +14,7 @@ final class ShardStats: Sendable {
         case inflateLimitCloses, inflateErrors, inflateMemoryBytes
         case authFailures, authForbidden, upgradesRateLimited, upgradesAddressLimited, upgradesServerFull
         case upgradesRoomFull, acceptPauses
+        case roomsSaved, roomsRestored, roomsHibernated, storeErrors, roomsUnsaved
 
         var name: String {
             switch self {
@@ -60,12 +61,17 @@ final class ShardStats: Sendable {
             case .upgradesServerFull: "stateroom_upgrades_server_full_total"
             case .upgradesRoomFull: "stateroom_upgrades_room_full_total"
             case .acceptPauses: "stateroom_accept_pauses_total"
+            case .roomsSaved: "stateroom_room_snapshots_saved_total"
+            case .roomsRestored: "stateroom_rooms_restored_total"
+            case .roomsHibernated: "stateroom_rooms_hibernated_total"
+            case .storeErrors: "stateroom_store_errors_total"
+            case .roomsUnsaved: "stateroom_room_snapshots_unsaved"
             }
         }
 
         var isGauge: Bool {
             self == .connectionsOpen || self == .webSocketsOpen || self == .roomsActive || isPerShard
-                || self == .deflateWebSockets || self == .inflateMemoryBytes
+                || self == .deflateWebSockets || self == .inflateMemoryBytes || self == .roomsUnsaved
         }
 
         /// A shard's own state, with no meaningful sum: rendered per shard only.

@@ -29,7 +29,11 @@ final class Room {
     @exclusivity(unchecked) private(set) var members: [Connection] = []
     /// `members`' ids, for finding one by binary search.
     @exclusivity(unchecked) private var memberIds: [UInt32] = []
-    private var nextClientId: UInt32 = 1
+    /// The id the next member gets; kept in a durable room's snapshot, so ids are never reused
+    /// across its saves and restores either.
+    private(set) var nextClientId: UInt32 = 1
+    /// A callback ran since the last snapshot (durable rooms save only rooms that changed).
+    var changedSinceSnapshot = false
     /// The identities members joined with (only members that have one).
     private var identities: [UInt32: String] = [:]
     /// Members that agreed to permessage-deflate (a broadcast is compressed only if there are any).
@@ -43,9 +47,15 @@ final class Room {
     /// What the service reported through `closeRoom` during the current callback.
     fileprivate var reported: RoomFailure?
 
-    init(id: String, service: any StateroomService) {
+    init(id: String, service: any StateroomService, nextClientId: UInt32 = 1) {
         self.id = id
         self.service = service
+        self.nextClientId = max(1, nextClientId)
+    }
+
+    /// The service's whole state through `factory` (nil: it cannot be saved); taken between callbacks.
+    func snapshot(using factory: any StateroomServiceFactory) throws -> ServiceSnapshot? {
+        try factory.snapshot(of: service)
     }
 
     // MARK: - Members
@@ -157,6 +167,7 @@ final class Room {
     @inline(__always)
     private func call(_ host: RoomHost, _ body: (inout any StateroomService, RoomContext) -> Void) -> RoomFailure? {
         guard !isClosed, failure == nil else { return nil }
+        changedSinceSnapshot = true
         body(&service, RoomContext(host: host, room: self))
         guard let reported else { return nil }
         self.reported = nil

@@ -39,6 +39,17 @@ final class RoomTable {
         return Opened(room: room, created: true, failure: room.initialize(host))
     }
 
+    /// Opens room `id` continuing from `saved` (a durable room's snapshot): no `initialize`.
+    /// Throws what the factory threw (the room is then not created).
+    func restore(_ id: String, from saved: StoredRoom) throws -> Room {
+        if let room = rooms[id], !room.isClosed { return room }
+        let service = try factory.restoreService(roomId: id, shard: shard, from: saved.service)
+        let room = Room(id: id, service: service, nextClientId: saved.nextClientId)
+        room.changedSinceSnapshot = false
+        rooms[id] = room
+        return room
+    }
+
     /// The open room `id`, if any.
     subscript(id: String) -> Room? { rooms[id] }
 

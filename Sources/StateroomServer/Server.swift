@@ -27,6 +27,8 @@ public final class Server: @unchecked Sendable {
     private let processStats = ProcessStats()
     /// Serialises certificate reloads.
     private let reloading = Mutex(())
+    /// The durable rooms' store (``ServerConfiguration/store``), stopped after the shards.
+    private var store: RedisStore?
 
     public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "stateroom")) {
         self.configuration = configuration
@@ -58,6 +60,18 @@ public final class Server: @unchecked Sendable {
         // unreadable), before the port is bound.
         let tls = try config.tls.map { try TLSContext($0) }
         if let tls { logger.info("TLS: \(tls.summary)") }
+        // A store that does not answer stops the start: rooms would not be durable.
+        if let endpoint = config.store {
+            let s = RedisStore(endpoint)
+            do {
+                try s.ping()
+            } catch {
+                s.stop()
+                throw StoreError("durable rooms: \(error)")
+            }
+            store = s
+            logger.info("durable rooms in \(endpoint), saved every \(config.snapshotInterval) s and when a room empties")
+        }
 
         var listeners: [Int32] = []
         var boundPort = config.port
@@ -69,6 +83,8 @@ public final class Server: @unchecked Sendable {
             }
         } catch {
             for fd in listeners { Socket.close(fd) }
+            store?.stop()
+            store = nil
             throw error
         }
         port = boundPort
@@ -83,7 +99,7 @@ public final class Server: @unchecked Sendable {
         for i in 0..<config.shards {
             shards.append(Shard(index: i, config: config, factory: factory, listenerFD: listeners[i],
                                 mailboxes: mailboxes, allStats: stats, processStats: processStats,
-                                tls: tls, admission: admission, logger: logger))
+                                tls: tls, admission: admission, store: store, logger: logger))
         }
         // Pin shard i to the i-th CPU this process may use (respecting taskset/cgroup masks).
         let cpus = Socket.allowedCPUs
@@ -130,8 +146,9 @@ public final class Server: @unchecked Sendable {
         wait()
     }
 
-    /// Blocks until every shard thread has ended.
+    /// Blocks until every shard thread has ended (then stops the store).
     public func wait() {
         for s in shards { s.join() }
+        store?.stop()
     }
 }

@@ -58,6 +58,14 @@ public struct ServerConfiguration: Sendable {
     /// When set, `/metrics` answers only requests with `Authorization: Bearer <metricsToken>`
     /// (`401` otherwise). `/status` stays open.
     public var metricsToken: String?
+    /// Keep rooms in this Redis (durable rooms): a room that empties is saved and dropped from
+    /// memory, rooms that changed are saved every ``snapshotInterval`` seconds and on shutdown,
+    /// and a room's next client finds it restored. Only services that can be snapshotted (native
+    /// ``SnapshottableService``s, wasm modules) are saved; others live in memory as without it.
+    /// The server refuses to start when the store does not answer. nil: rooms live in memory.
+    public var store: RedisEndpoint?
+    /// Seconds between saves of the rooms that changed (bounds what a crash can lose).
+    public var snapshotInterval: Double = 5
     /// Connection limits (all off by default): see ``AdmissionLimits``.
     public var limits = AdmissionLimits()
     /// Decides every WebSocket upgrade that passed the protocol checks (accept, or refuse with a

@@ -15,6 +15,8 @@ enum ShardMessage: Sendable {
     case tlsContext(TLSContext)
     /// Close every connection and stop the loop.
     case shutdown
+    /// The store answered (durable rooms).
+    case store(StoreEvent)
     /// Serve new rooms from this factory; every open room ends and its clients get 1012.
     case reload(any StateroomServiceFactory)
 }
@@ -69,6 +71,8 @@ final class Shard {
     lazy var tlsWorkspace = TLSWorkspace()
     /// The shard's compressor, shared inflater and their buffers (made on first use).
     lazy var compression = CompressionWorkspace(level: config.compression.level)
+    /// Durable rooms' state on this shard (nil: rooms live in memory only).
+    let durable: DurableRooms?
     /// The memory services write `sendText` messages in (``RoomContext``).
     let textScratch = MessageBuffer()
     @exclusivity(unchecked) private var counters = [Int](repeating: 0, count: ShardStats.Counter.allCases.count)
@@ -89,8 +93,9 @@ final class Shard {
 
     init(index: Int, config: ServerConfiguration, factory: any StateroomServiceFactory,
          listenerFD: Int32, mailboxes: [Mailbox<ShardMessage>], allStats: [ShardStats],
-         processStats: ProcessStats, tls: TLSContext?, admission: Admission?, logger: Logger) {
+         processStats: ProcessStats, tls: TLSContext?, admission: Admission?, store: RedisStore?, logger: Logger) {
         self.tlsContext = tls
+        self.durable = store.map { DurableRooms(store: $0) }
         self.index = index
         self.config = config
         self.listenerFD = listenerFD
@@ -127,6 +132,7 @@ final class Shard {
 
     @inline(__always)
     func count(_ c: ShardStats.Counter, _ n: Int = 1) { counters[c.rawValue] &+= n }
+    func setCounter(_ c: ShardStats.Counter, _ value: Int) { counters[c.rawValue] = value }
 
     static func nanos(_ seconds: Double) -> UInt64 { UInt64(max(seconds, 0) * 1e9) }
 
@@ -148,6 +154,7 @@ final class Shard {
             timers.schedule(at: monotonicNanos() + Shard.nanos(config.heartbeatInterval), .heartbeat)
         }
         timers.schedule(at: monotonicNanos() + Shard.sweepInterval, .sweep)
+        if durable != nil { timers.schedule(at: monotonicNanos() + Shard.nanos(config.snapshotInterval), .snapshots) }
         coalescer.startEpoch()
         counters[ShardStats.Counter.coalesceWindowMicros.rawValue] = Int(coalescer.current / 1000)
         while running {
@@ -189,7 +196,7 @@ final class Shard {
             } else {
                 publishPending = true
             }
-            if shuttingDown && conns.count == 0 { running = false }
+            if shuttingDown && conns.count == 0 && (durable?.savesInFlight ?? 0) == 0 { running = false }
         }
         loop.flush()
     }
@@ -221,6 +228,10 @@ final class Shard {
                 beginShutdown()
             case .reload(let factory):
                 restartRooms(factory)
+            case .store(.loaded(let room, let result)):
+                storedRoomLoaded(room, result)
+            case .store(.saved(let room, let version, let result)):
+                storedRoomSaved(room, version: version, result)
             }
         }
         if running { loop.armWake(mailbox.doorbell, tag: Tag(op: .wake, slot: 0, generation: 0)) }
@@ -229,10 +240,16 @@ final class Shard {
     private func beginShutdown() {
         shuttingDown = true
         conns.forEach { conn in
-            if conn.state == .open { closeWebSocket(conn, .goingAway, reason: "server shutting down") }
-            else if conn.state == .http || conn.state == .parked { abort(conn) }
+            if conn.state == .http || conn.state == .parked { abort(conn) }
+            else if conn.state == .open && durable == nil { closeWebSocket(conn, .goingAway, reason: "server shutting down") }
         }
-        timers.schedule(at: now + Shard.nanos(config.drainTimeout), .drainDeadline)
+        var drain = config.drainTimeout
+        if let durable {
+            // Rooms are saved first; their clients get 1012 once the store has them.
+            drain = max(drain, durable.store.timeout * 2 + 1)
+            saveEverythingForShutdown()
+        }
+        timers.schedule(at: now + Shard.nanos(drain), .drainDeadline)
     }
 
     // MARK: - Timers
@@ -280,6 +297,9 @@ final class Shard {
             case .sweep:
                 sweep()
                 timers.schedule(at: now + Shard.sweepInterval, .sweep)
+            case .snapshots:
+                if !shuttingDown { saveChangedRooms() }
+                timers.schedule(at: now + Shard.nanos(config.snapshotInterval), .snapshots)
             }
         }
     }

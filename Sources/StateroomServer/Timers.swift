@@ -12,6 +12,8 @@ enum TimerKind {
     case drainDeadline
     /// Frees the parser storage of quiet connections.
     case sweep
+    /// Saves durable rooms that changed, and retries saves that failed.
+    case snapshots
 }
 
 /// One pending timer; ordered by deadline, then by insertion.

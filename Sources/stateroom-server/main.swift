@@ -78,6 +78,10 @@ struct StateroomServerCommand: ParsableCommand {
     var upgradeBurstPerIp = 0
     @Option(help: "Clients in one room (0: no limit); beyond it 503.")
     var maxClientsPerRoom = 0
+    @Option(help: "Keep rooms in this Redis (redis://HOST:PORT[/DB]): a room that empties is saved and dropped from memory, rooms that changed are saved every --snapshot-interval seconds and on shutdown, and come back on their next client. The server does not start if it does not answer.")
+    var store: String?
+    @Option(help: "With --store: seconds between saves of the rooms that changed (bounds what a crash can lose).")
+    var snapshotInterval: Double = 5
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
     @Flag(help: "Do not pin shard threads to cores.")
@@ -108,6 +112,10 @@ struct StateroomServerCommand: ParsableCommand {
             throw ValidationError("connection limits must not be negative")
         }
         if !(upgradeRatePerIp >= 0 && upgradeRatePerIp.isFinite) { throw ValidationError("--upgrade-rate-per-ip must be a non-negative number") }
+        if let store {
+            do { _ = try RedisEndpoint(url: store) } catch { throw ValidationError("--store: \(error)") }
+        }
+        if !(0.1...3600).contains(snapshotInterval) { throw ValidationError("--snapshot-interval must be between 0.1 and 3600") }
     }
 
     func run() throws {
@@ -154,6 +162,8 @@ struct StateroomServerCommand: ParsableCommand {
         config.limits.upgradeRatePerIP = upgradeRatePerIp
         config.limits.upgradeBurstPerIP = upgradeBurstPerIp
         config.limits.maxClientsPerRoom = maxClientsPerRoom
+        config.store = try store.map { try RedisEndpoint(url: $0) }
+        config.snapshotInterval = snapshotInterval
 
         let factory: any StateroomServiceFactory
         let serviceName: String

@@ -65,10 +65,18 @@ struct ServerOptions: ParsableArguments {
     var jwtSecretFile: String?
     @Option(help: "Require a JWT signed with the private half of this public key (PEM: RSA for RS256, P-256 for ES256).")
     var jwtPublicKey: String?
+    @Option(help: "Keep rooms in this Redis (redis://HOST:PORT[/DB]): saved when they empty, every --snapshot-interval seconds and on shutdown; restored on their next client.")
+    var store: String?
+    @Option(help: "With --store: seconds between saves of the rooms that changed.")
+    var snapshotInterval: Double = 5
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
 
     func validate() throws {
+        if let store {
+            do { _ = try RedisEndpoint(url: store) } catch { throw ValidationError("--store: \(error)") }
+        }
+        if !(0.1...3600).contains(snapshotInterval) { throw ValidationError("--snapshot-interval must be between 0.1 and 3600") }
         guard Logger.Level(rawValue: logLevel) != nil else { throw ValidationError("unknown log level '\(logLevel)'") }
         if let s = shards, s < 1 || s > 1024 { throw ValidationError("--shards must be between 1 and 1024") }
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
@@ -88,9 +96,11 @@ struct ServerOptions: ParsableArguments {
         if let tlsCert, let tlsKey { config.tls = TLSFiles(certificateChain: tlsCert, privateKey: tlsKey) }
         do {
             config.jwt = try JWTVerifier.configured(secret: jwtSecret, secretFile: jwtSecretFile, publicKeyFile: jwtPublicKey)
+            config.store = try store.map { try RedisEndpoint(url: $0) }
         } catch {
             throw CLIError("\(error)")
         }
+        config.snapshotInterval = snapshotInterval
         return config
     }
 

@@ -1,0 +1,214 @@
+"""Durable rooms (--store redis://...): rooms saved to a real redis-server and restored.
+
+Each test starts its own ``redis-server`` on a free loopback port (nothing written to disk) and
+real server processes; clients are the third-party ``websockets`` library.
+"""
+import asyncio
+import shutil
+import signal
+import socket
+import subprocess
+import time
+
+import pytest
+import websockets
+
+from conftest import server_binary
+
+REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
+REDIS_CLI = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Redis:
+    """A private redis-server on 127.0.0.1."""
+
+    def __init__(self, port: int | None = None):
+        self.port = port or free_port()
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen([REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                                      "--appendonly", "no", "--loglevel", "warning"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server on port {self.port} did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+    def cli(self, *args: str) -> str:
+        return subprocess.run([REDIS_CLI, "-p", str(self.port), *args], capture_output=True, text=True,
+                              timeout=10).stdout.strip()
+
+
+@pytest.fixture
+def server_binary_path():
+    binary = server_binary()
+    if not binary.exists():
+        pytest.fail(f"server binary not found at {binary}")
+    return binary
+
+
+@pytest.fixture
+def redis():
+    if not shutil.which("redis-server") and not shutil.which(REDIS):
+        pytest.fail("redis-server is not installed (make's set-up installs it)")
+    r = Redis()
+    yield r
+    r.kill()
+
+
+def run(coro, timeout: float = 60):
+    return asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+async def expect(ws, text: str, timeout: float = 10) -> None:
+    got = await asyncio.wait_for(ws.recv(), timeout)
+    assert got == text
+
+
+async def increment(url: str, times: int, last: int) -> None:
+    async with websockets.connect(url) as ws:
+        for i in range(times):
+            await ws.send("increment")
+            await expect(ws, f"new value: {last - times + i + 1}")
+
+
+def wait_metric(server, name: str, predicate, timeout: float = 10) -> float:
+    deadline = time.monotonic() + timeout
+    value = None
+    while time.monotonic() < deadline:
+        value = server.metric(name)
+        if value is not None and predicate(value):
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"{name} = {value} after {timeout} s")
+
+
+def test_a_room_that_empties_is_saved_dropped_and_restored(server_factory, redis):
+    server = server_factory("--store", redis.url, service="counter", shards=2)
+    run(increment(server.ws_url("hib"), 3, 3))
+    wait_metric(server, "stateroom_rooms_hibernated_total", lambda v: v >= 1)
+    wait_metric(server, "stateroom_rooms_active", lambda v: v == 0)
+    assert redis.cli("EXISTS", "stateroom:room:hib") == "1"
+    run(increment(server.ws_url("hib"), 2, 5))  # restored: the count goes on
+    assert server.metric("stateroom_rooms_restored_total") >= 1
+    # Another room is independent and starts at zero.
+    run(increment(server.ws_url("other"), 1, 1))
+
+
+def test_a_restart_keeps_every_room_and_clients_get_1012(server_factory, redis):
+    first = server_factory("--store", redis.url, service="counter")
+
+    async def before():
+        ws = await websockets.connect(first.ws_url("r"))
+        for i in range(1, 5):
+            await ws.send("increment")
+            await expect(ws, f"new value: {i}")
+        return ws
+
+    async def scenario():
+        ws = await before()
+        first.proc.send_signal(signal.SIGTERM)
+        with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+            await asyncio.wait_for(ws.recv(), 15)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+
+    run(scenario())
+    assert first.proc.wait(15) == 0
+    first.stopped = True  # stopped by the test
+    second = server_factory("--store", redis.url, service="counter")
+    run(increment(second.ws_url("r"), 1, 5))
+
+
+def test_interval_snapshots_bound_what_a_crash_loses(server_factory, redis):
+    server = server_factory("--store", redis.url, "--snapshot-interval", "0.2", service="counter")
+
+    async def scenario():
+        async with websockets.connect(server.ws_url("crash")) as ws:
+            for i in range(1, 4):
+                await ws.send("increment")
+                await expect(ws, f"new value: {i}")
+            await asyncio.sleep(0.2)
+            # Saved while the client is still connected: SIGKILL now, no shutdown save.
+            deadline = time.monotonic() + 10
+            while server.metric("stateroom_room_snapshots_saved_total") < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            server.proc.kill()
+            server.proc.wait(10)
+
+    run(scenario())
+    server.stopped = True  # killed on purpose
+    again = server_factory("--store", redis.url, service="counter")
+    run(increment(again.ws_url("crash"), 1, 4))
+
+
+def test_redis_down_at_start_is_a_clear_error(server_binary_path, redis):
+    port = free_port()  # nothing listens there
+    proc = subprocess.run([str(server_binary_path), "--host", "127.0.0.1", "--port", "0",
+                           "--store", f"redis://127.0.0.1:{port}"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert f"redis://127.0.0.1:{port}/0: cannot connect" in proc.stderr
+
+
+def test_a_bad_store_url_is_refused(server_binary_path):
+    proc = subprocess.run([str(server_binary_path), "--port", "0", "--store", "http://nope"],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0
+    assert "--store" in proc.stderr and "redis://HOST:PORT[/DB]" in proc.stderr
+
+
+def test_losing_redis_keeps_rooms_serving_and_nothing_is_dropped(server_factory, redis):
+    server = server_factory("--store", redis.url, "--snapshot-interval", "0.2", service="counter")
+
+    async def while_connected():
+        async with websockets.connect(server.ws_url("keep")) as ws:
+            for i in (1, 2):
+                await ws.send("increment")
+                await expect(ws, f"new value: {i}")
+            redis.kill()
+            # The open room lives on in memory: its clients notice nothing.
+            await ws.send("increment")
+            await expect(ws, "new value: 3")
+
+    run(while_connected())
+    # It emptied and its snapshot could not be stored: held in memory, and counted.
+    wait_metric(server, "stateroom_store_errors_total", lambda v: v >= 1)
+    wait_metric(server, "stateroom_room_snapshots_unsaved", lambda v: v == 1)
+    # A client now finds the room from what is held, not a fresh one.
+    run(increment(server.ws_url("keep"), 1, 4))
+
+    # A room the store cannot be asked about is refused with 503, not started blank.
+    async def new_room():
+        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+            async with websockets.connect(server.ws_url("brand-new")):
+                pass
+        assert refused.value.response.status_code == 503
+    run(new_room())
+    # Redis returns (empty: it kept nothing): the held snapshot is stored on the next interval.
+    redis.start()
+    wait_metric(server, "stateroom_room_snapshots_unsaved", lambda v: v == 0, timeout=15)
+    assert redis.cli("EXISTS", "stateroom:room:keep") == "1"
+    server.stop()
+    again = server_factory("--store", redis.url, service="counter")
+    run(increment(again.ws_url("keep"), 1, 5))
