@@ -225,7 +225,10 @@ extension Shard {
                 // A failed room is ended below, with its log line. A durable room that empties
                 // is saved, then dropped from memory: it hibernates until its next client.
                 if room.members.isEmpty && room.failure == nil {
-                    if durable != nil && room.changedSinceSnapshot && save(room, dropping: true) { count(.roomsHibernated) }
+                    if durable != nil {
+                        // Saved with its lease let go; a room with nothing new just lets go.
+                        if room.changedSinceSnapshot && save(room, dropping: true) { count(.roomsHibernated) } else { release(room.id) }
+                    }
                     endRoom(room)
                 }
             }

@@ -27,8 +27,13 @@ public final class Server: @unchecked Sendable {
     private let processStats = ProcessStats()
     /// Serialises certificate reloads.
     private let reloading = Mutex(())
-    /// The durable rooms' store (``ServerConfiguration/store``), stopped after the shards.
+    /// The durable rooms' store (``ServerConfiguration/store``) and this node's hand-over
+    /// channel, stopped after the shards.
     private var store: RedisStore?
+    private var subscriber: RedisSubscriber?
+    /// This node's id in room leases (with a store).
+    public private(set) var nodeId = ""
+
 
     public init(configuration: ServerConfiguration, logger: Logger = Logger(label: "stateroom")) {
         self.configuration = configuration
@@ -70,7 +75,8 @@ public final class Server: @unchecked Sendable {
                 throw StoreError("durable rooms: \(error)")
             }
             store = s
-            logger.info("durable rooms in \(endpoint), saved every \(config.snapshotInterval) s and when a room empties")
+            nodeId = config.nodeId ?? Server.makeNodeId()
+            logger.info("durable rooms in \(endpoint) as node \(nodeId), saved every \(config.snapshotInterval) s and when a room empties")
         }
 
         var listeners: [Int32] = []
@@ -99,7 +105,15 @@ public final class Server: @unchecked Sendable {
         for i in 0..<config.shards {
             shards.append(Shard(index: i, config: config, factory: factory, listenerFD: listeners[i],
                                 mailboxes: mailboxes, allStats: stats, processStats: processStats,
-                                tls: tls, admission: admission, store: store, logger: logger))
+                                tls: tls, admission: admission, store: store.map { ($0, node: nodeId) }, logger: logger))
+        }
+        if let endpoint = config.store {
+            // Other nodes ask for this node's rooms here; each request goes to the room's shard.
+            let boxes = mailboxes
+            subscriber = RedisSubscriber(endpoint, channel: StoredRoom.channel(of: nodeId)) { payload in
+                let room = String(decoding: payload, as: UTF8.self)
+                boxes[ownerShard(of: room, shards: boxes.count)].post(.store(.handoverRequested(room: room)))
+            }
         }
         // Pin shard i to the i-th CPU this process may use (respecting taskset/cgroup masks).
         let cpus = Socket.allowedCPUs
@@ -149,6 +163,15 @@ public final class Server: @unchecked Sendable {
     /// Blocks until every shard thread has ended (then stops the store).
     public func wait() {
         for s in shards { s.join() }
+        subscriber?.stop()
         store?.stop()
+    }
+
+    /// A node id unique across machines and restarts: host name, process id, a random part.
+    static func makeNodeId() -> String {
+        var host = [CChar](repeating: 0, count: 256)
+        gethostname(&host, host.count - 1)
+        let name = String(decoding: host.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return "\(name.isEmpty ? "node" : name)-\(getpid())-\(String(UInt32.random(in: 0...UInt32.max), radix: 36))"
     }
 }

@@ -66,6 +66,11 @@ public struct ServerConfiguration: Sendable {
     public var store: RedisEndpoint?
     /// Seconds between saves of the rooms that changed (bounds what a crash can lose).
     public var snapshotInterval: Double = 5
+    /// Seconds a durable room's lease lives unless renewed (it is renewed three times as often):
+    /// after a node dies, its rooms come back on another node within this time.
+    public var leaseDuration: Double = 5
+    /// This node's name in leases (default: host name, process id and a random part).
+    public var nodeId: String?
     /// Connection limits (all off by default): see ``AdmissionLimits``.
     public var limits = AdmissionLimits()
     /// Decides every WebSocket upgrade that passed the protocol checks (accept, or refuse with a

@@ -93,9 +93,10 @@ final class Shard {
 
     init(index: Int, config: ServerConfiguration, factory: any StateroomServiceFactory,
          listenerFD: Int32, mailboxes: [Mailbox<ShardMessage>], allStats: [ShardStats],
-         processStats: ProcessStats, tls: TLSContext?, admission: Admission?, store: RedisStore?, logger: Logger) {
+         processStats: ProcessStats, tls: TLSContext?, admission: Admission?,
+         store: (RedisStore, node: String)?, logger: Logger) {
         self.tlsContext = tls
-        self.durable = store.map { DurableRooms(store: $0) }
+        self.durable = store.map { DurableRooms(store: $0.0, node: $0.node, leaseMilliseconds: Int(config.leaseDuration * 1000)) }
         self.index = index
         self.config = config
         self.listenerFD = listenerFD
@@ -154,7 +155,10 @@ final class Shard {
             timers.schedule(at: monotonicNanos() + Shard.nanos(config.heartbeatInterval), .heartbeat)
         }
         timers.schedule(at: monotonicNanos() + Shard.sweepInterval, .sweep)
-        if durable != nil { timers.schedule(at: monotonicNanos() + Shard.nanos(config.snapshotInterval), .snapshots) }
+        if durable != nil {
+            timers.schedule(at: monotonicNanos() + Shard.nanos(config.snapshotInterval), .snapshots)
+            timers.schedule(at: monotonicNanos() + Shard.nanos(config.leaseDuration / 3), .leases)
+        }
         coalescer.startEpoch()
         counters[ShardStats.Counter.coalesceWindowMicros.rawValue] = Int(coalescer.current / 1000)
         while running {
@@ -232,6 +236,10 @@ final class Shard {
                 storedRoomLoaded(room, result)
             case .store(.saved(let room, let version, let result)):
                 storedRoomSaved(room, version: version, result)
+            case .store(.renewed(let room, let result)):
+                leaseRenewed(room, result)
+            case .store(.handoverRequested(let room)):
+                if !shuttingDown { handOverRoom(room) }
             }
         }
         if running { loop.armWake(mailbox.doorbell, tag: Tag(op: .wake, slot: 0, generation: 0)) }
@@ -300,6 +308,11 @@ final class Shard {
             case .snapshots:
                 if !shuttingDown { saveChangedRooms() }
                 timers.schedule(at: now + Shard.nanos(config.snapshotInterval), .snapshots)
+            case .leases:
+                if !shuttingDown { renewLeases() }
+                timers.schedule(at: now + Shard.nanos(config.leaseDuration / 3), .leases)
+            case .leaseRetry(let room):
+                if !shuttingDown { retryLease(room) }
             }
         }
     }

@@ -14,6 +14,10 @@ enum TimerKind {
     case sweep
     /// Saves durable rooms that changed, and retries saves that failed.
     case snapshots
+    /// Renews the leases of this shard's open durable rooms.
+    case leases
+    /// Asks again for the lease of a room another node owns (clients are waiting for it).
+    case leaseRetry(room: String)
 }
 
 /// One pending timer; ordered by deadline, then by insertion.

@@ -82,6 +82,10 @@ struct StateroomServerCommand: ParsableCommand {
     var store: String?
     @Option(help: "With --store: seconds between saves of the rooms that changed (bounds what a crash can lose).")
     var snapshotInterval: Double = 5
+    @Option(help: "With --store: seconds a room's lease (one owner node per room) lives unless renewed; a dead node's rooms come back elsewhere within it.")
+    var leaseDuration: Double = 5
+    @Option(help: "With --store: this node's name in leases (default: host name, pid and a random part; unique per process).")
+    var nodeId: String?
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: String = "info"
     @Flag(help: "Do not pin shard threads to cores.")
@@ -116,6 +120,8 @@ struct StateroomServerCommand: ParsableCommand {
             do { _ = try RedisEndpoint(url: store) } catch { throw ValidationError("--store: \(error)") }
         }
         if !(0.1...3600).contains(snapshotInterval) { throw ValidationError("--snapshot-interval must be between 0.1 and 3600") }
+        if !(0.3...600).contains(leaseDuration) { throw ValidationError("--lease-duration must be between 0.3 and 600") }
+        if let nodeId, nodeId.isEmpty || nodeId.utf8.count > 200 { throw ValidationError("--node-id must be 1 to 200 bytes") }
     }
 
     func run() throws {
@@ -164,6 +170,8 @@ struct StateroomServerCommand: ParsableCommand {
         config.limits.maxClientsPerRoom = maxClientsPerRoom
         config.store = try store.map { try RedisEndpoint(url: $0) }
         config.snapshotInterval = snapshotInterval
+        config.leaseDuration = leaseDuration
+        config.nodeId = nodeId
 
         let factory: any StateroomServiceFactory
         let serviceName: String

@@ -4,11 +4,13 @@ Each test starts its own ``redis-server`` on a free loopback port (nothing writt
 real server processes; clients are the third-party ``websockets`` library.
 """
 import asyncio
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 import websockets
@@ -212,3 +214,106 @@ def test_losing_redis_keeps_rooms_serving_and_nothing_is_dropped(server_factory,
     server.stop()
     again = server_factory("--store", redis.url, service="counter")
     run(increment(again.ws_url("keep"), 1, 5))
+
+
+# -- several nodes -------------------------------------------------------------------------
+
+HAPROXY = shutil.which("haproxy") or "/usr/sbin/haproxy"
+HAPROXY_CFG = Path(__file__).resolve().parents[2] / "deploy" / "haproxy.cfg"
+
+
+class HAProxy:
+    """``haproxy -db -f deploy/haproxy.cfg`` in front of two nodes, on a free loopback port."""
+
+    def __init__(self, node1: int, node2: int):
+        self.port = free_port()
+        env = dict(os.environ, STATEROOM_FRONT=f"127.0.0.1:{self.port}",
+                   STATEROOM_NODE1=f"127.0.0.1:{node1}", STATEROOM_NODE2=f"127.0.0.1:{node2}")
+        self.proc = subprocess.Popen([HAPROXY, "-db", "-f", str(HAPROXY_CFG)], env=env,
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    break
+            except OSError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"haproxy exited: {self.proc.stderr.read().decode()}")
+                time.sleep(0.02)
+        # Both nodes up in HAProxy's health checks (rise 1, every 500 ms).
+        time.sleep(1.2)
+
+    def url(self, room: str) -> str:
+        return f"ws://127.0.0.1:{self.port}/ws/{room}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+
+
+def test_two_nodes_behind_haproxy_clients_of_a_room_meet(server_factory, redis):
+    nodes = [server_factory("--store", redis.url, service="counter") for _ in range(2)]
+    proxy = HAProxy(nodes[0].port, nodes[1].port)
+    try:
+        rooms = [f"meet{i}" for i in range(12)]
+
+        async def room(name: str):
+            async with websockets.connect(proxy.url(name)) as a, websockets.connect(proxy.url(name)) as b:
+                for i in range(1, 4):
+                    await (a if i % 2 else b).send("increment")
+                    await expect(a, f"new value: {i}")
+                    await expect(b, f"new value: {i}")
+
+        async def all_rooms():
+            await asyncio.gather(*(room(r) for r in rooms))
+
+        run(all_rooms())
+        created = [n.metric("stateroom_rooms_created_total") for n in nodes]
+        assert sum(created) == len(rooms), created
+        assert all(c > 0 for c in created), f"rooms spread over both nodes: {created}"
+    finally:
+        proxy.stop()
+
+
+def test_a_client_reaching_the_other_node_moves_the_room(server_factory, redis):
+    a, b = (server_factory("--store", redis.url, service="counter") for _ in range(2))
+
+    async def scenario():
+        old = await websockets.connect(a.ws_url("moving"))
+        for i in range(1, 4):
+            await old.send("increment")
+            await expect(old, f"new value: {i}")
+        # A client of the same room on the other node: the owner hands the room over.
+        async with websockets.connect(b.ws_url("moving"), open_timeout=15) as new:
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                await asyncio.wait_for(old.recv(), 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+            await new.send("increment")
+            await expect(new, "new value: 4")
+
+    run(scenario())
+    assert b.metric("stateroom_rooms_restored_total") == 1
+
+
+def test_after_the_owner_is_killed_the_room_comes_back_elsewhere_within_the_lease(server_factory, redis):
+    lease = ["--lease-duration", "1", "--snapshot-interval", "0.2"]
+    a = server_factory("--store", redis.url, *lease, service="counter")
+    b = server_factory("--store", redis.url, *lease, service="counter")
+
+    async def before():
+        async with websockets.connect(a.ws_url("orphan")) as ws:
+            for i in (1, 2):
+                await ws.send("increment")
+                await expect(ws, f"new value: {i}")
+            deadline = time.monotonic() + 10
+            while a.metric("stateroom_room_snapshots_saved_total") < 1 and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            a.proc.kill()
+            a.proc.wait(10)
+
+    run(before())
+    a.stopped = True  # killed on purpose
+    start = time.monotonic()
+    run(increment(b.ws_url("orphan"), 1, 3))
+    assert time.monotonic() - start < 1 + 2.5, "back within the lease (1 s) and a retry"

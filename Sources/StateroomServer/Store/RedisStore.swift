@@ -306,3 +306,108 @@ public final class RedisStore: Sendable {
         }
     }
 }
+
+/// A Redis pub/sub subscription on a thread of its own (a subscribed connection can do nothing
+/// else): each message published to ``channel`` is handed to the callback, on this thread.
+/// A lost connection is made again (and the channel subscribed again) at most once per retry
+/// interval; messages published meanwhile are lost, which the callers' protocol tolerates (a
+/// node asking for a room asks again).
+public final class RedisSubscriber: Sendable {
+    public let endpoint: RedisEndpoint
+    public let channel: String
+    private let retryInterval: Double
+    private let onMessage: @Sendable ([UInt8]) -> Void
+    private struct State {
+        var stopped = false
+        var fd: Int32 = -1
+    }
+    private let state = Mutex(State())
+    private let thread = Mutex<LoopThread?>(nil)
+    private let subscribedOnce = DispatchSemaphore(value: 0)
+
+    /// Subscribes to `channel` and waits (up to `timeout` seconds) until the subscription is in
+    /// place, so nothing published after `init` returns is missed while Redis is up.
+    public init(_ endpoint: RedisEndpoint, channel: String, retryInterval: Double = 0.5, timeout: Double = 2,
+                onMessage: @escaping @Sendable ([UInt8]) -> Void) {
+        self.endpoint = endpoint
+        self.channel = channel
+        self.retryInterval = retryInterval
+        self.onMessage = onMessage
+        thread.withLock { $0 = LoopThread(cpu: nil) { [self] in run() } }
+        _ = subscribedOnce.wait(timeout: .now() + timeout)
+    }
+
+    /// Ends the subscription and waits for its thread.
+    public func stop() {
+        let fd = state.withLock { s -> Int32 in
+            s.stopped = true
+            return s.fd
+        }
+        // Wakes the blocking read.
+        if fd >= 0 { Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+        thread.withLock { t in
+            t?.join()
+            t = nil
+        }
+    }
+
+    private var stopped: Bool { state.withLock { $0.stopped } }
+
+    private func run() {
+        var signalled = false
+        while !stopped {
+            let micro = 2_000_000
+            let tv = timeval(tv_sec: micro / 1_000_000, tv_usec: 0)
+            guard let c = redisConnectWithTimeout(endpoint.host, Int32(endpoint.port), tv) else { return }
+            defer { redisFree(c) }
+            if sr_redis_err(c) == 0 {
+                let ok = state.withLock { s -> Bool in
+                    if s.stopped { return false }
+                    s.fd = sr_redis_fd(c)
+                    return true
+                }
+                if !ok { return }
+                if endpoint.database != 0 { _ = command(c, ["SELECT", String(endpoint.database)]) }
+                if command(c, ["SUBSCRIBE", channel]) {
+                    if !signalled {
+                        signalled = true
+                        subscribedOnce.signal()
+                    }
+                    listen(c)
+                }
+                state.withLock { $0.fd = -1 }
+            }
+            if stopped { return }
+            usleep(UInt32(retryInterval * 1e6))
+        }
+    }
+
+    /// Sends a command and reads its reply; true when it was not an error.
+    private func command(_ c: UnsafeMutablePointer<redisContext>, _ arguments: [String]) -> Bool {
+        var cs = arguments.map { strdup($0) }
+        defer { for p in cs { free(p) } }
+        let lengths = arguments.map { $0.utf8.count }
+        let reply = cs.withUnsafeMutableBufferPointer { argv in
+            argv.withMemoryRebound(to: UnsafePointer<CChar>?.self) { argv in
+                lengths.withUnsafeBufferPointer { redisCommandArgv(c, Int32(arguments.count), argv.baseAddress, $0.baseAddress) }
+            }
+        }
+        guard let reply else { return false }
+        defer { freeReplyObject(reply) }
+        return reply.assumingMemoryBound(to: redisReply.self).pointee.type != REDIS_REPLY_ERROR
+    }
+
+    /// Reads published messages until the connection fails or is shut down.
+    private func listen(_ c: UnsafeMutablePointer<redisContext>) {
+        while !stopped {
+            var raw: UnsafeMutableRawPointer?
+            guard redisGetReply(c, &raw) == REDIS_OK, let raw else { return }
+            defer { freeReplyObject(raw) }
+            let r = raw.assumingMemoryBound(to: redisReply.self).pointee
+            // ["message", channel, payload]
+            guard r.type == REDIS_REPLY_ARRAY, r.elements == 3, let kind = r.element[0], let payload = r.element[2],
+                  let k = kind.pointee.str, String(cString: k) == "message", let p = payload.pointee.str else { continue }
+            onMessage(Array(UnsafeRawBufferPointer(start: p, count: payload.pointee.len)))
+        }
+    }
+}
