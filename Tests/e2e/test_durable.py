@@ -317,3 +317,35 @@ def test_after_the_owner_is_killed_the_room_comes_back_elsewhere_within_the_leas
     start = time.monotonic()
     run(increment(b.ws_url("orphan"), 1, 3))
     assert time.monotonic() - start < 1 + 2.5, "back within the lease (1 s) and a retry"
+
+
+def test_both_nodes_stopped_and_started_again_keep_every_room(server_factory, redis):
+    rooms = [f"both{i}" for i in range(6)]
+
+    def serve_then_stop(expected_before: int):
+        nodes = [server_factory("--store", redis.url, service="counter") for _ in range(2)]
+        proxy = HAProxy(nodes[0].port, nodes[1].port)
+        try:
+            async def scenario():
+                clients = [await websockets.connect(proxy.url(r)) for r in rooms]
+                for ws in clients:
+                    await ws.send("increment")
+                    await expect(ws, f"new value: {expected_before + 1}")
+                # Still connected: SIGTERM saves every room, then closes its clients with 1012.
+                for n in nodes:
+                    n.proc.send_signal(signal.SIGTERM)
+                for ws in clients:
+                    with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                        await asyncio.wait_for(ws.recv(), 15)
+                    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+
+            run(scenario())
+        finally:
+            proxy.stop()
+        for n in nodes:
+            assert n.proc.wait(15) == 0
+            n.stopped = True
+
+    serve_then_stop(0)
+    serve_then_stop(1)
+    serve_then_stop(2)
