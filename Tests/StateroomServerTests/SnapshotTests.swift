@@ -45,6 +45,21 @@ final class TextsContext: StateroomContext {
         #expect(context.texts.suffix(3) == ["Zoë ✓: hi", "bob: yo", "bob has left the chat"])
     }
 
+    @Test func statelessServicesHaveEmptySnapshotsAndRefuseOthers() throws {
+        #expect(RelayService().snapshot().isEmpty)
+        _ = try RelayService(snapshot: [])
+        #expect(throws: SnapshotError("a relay snapshot is empty, not 2 bytes")) { try RelayService(snapshot: [1, 2]) }
+        #expect(throws: SnapshotError("an echo snapshot is empty, not 1 bytes")) { try EchoService(snapshot: [0]) }
+        // Through a factory: the snapshot's kind picks the type, another kind is refused.
+        let factory = BuiltinService.relay.factory
+        let snapshot = try #require(try factory.snapshot(of: RelayService()))
+        #expect(snapshot == ServiceSnapshot(kind: "stateroom.relay/1", bytes: []))
+        _ = try factory.restoreService(roomId: "r", shard: 0, from: snapshot)
+        #expect(throws: SnapshotError("a snapshot of stateroom.counter/1 cannot be restored into stateroom.relay/1")) {
+            try factory.restoreService(roomId: "r", shard: 0, from: ServiceSnapshot(kind: "stateroom.counter/1", bytes: []))
+        }
+    }
+
     @Test func snapshotsThatDoNotDecodeAreRefusedWithTheFieldAtFault() {
         var w = SnapshotWriter()
         w.write(7)

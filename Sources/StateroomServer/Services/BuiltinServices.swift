@@ -93,6 +93,24 @@ public struct ChatService: StateroomService {
     }
 }
 
+/// Stateless: its snapshot is empty, so a durable relay or echo room still has one owner and moves
+/// between nodes like any other.
+extension RelayService: SnapshottableService {
+    public static let snapshotFormat = "stateroom.relay/1"
+    public func snapshot() -> [UInt8] { [] }
+    public init(snapshot: [UInt8]) throws(SnapshotError) {
+        guard snapshot.isEmpty else { throw SnapshotError("a relay snapshot is empty, not \(snapshot.count) bytes") }
+    }
+}
+
+extension EchoService: SnapshottableService {
+    public static let snapshotFormat = "stateroom.echo/1"
+    public func snapshot() -> [UInt8] { [] }
+    public init(snapshot: [UInt8]) throws(SnapshotError) {
+        guard snapshot.isEmpty else { throw SnapshotError("an echo snapshot is empty, not \(snapshot.count) bytes") }
+    }
+}
+
 extension ChatService: SnapshottableService {
     public static let snapshotFormat = "stateroom.chat/1"
 
