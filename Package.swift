@@ -73,7 +73,8 @@ let package = Package(
             name: "WasmHost",
             dependencies: [
                 // StateroomWasm: the ABI codec the guest SDK compiles too (one codec, both sides).
-                "Stateroom", "StateroomWasm",
+                // CLibCrypto: SHA-256 of the module, which keys its rooms' snapshots.
+                "Stateroom", "StateroomWasm", "CLibCrypto",
                 .product(name: "WasmKit", package: "WasmKit"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -1,7 +1,8 @@
 // swift-tools-version:6.3
 // Micro-benchmark of the wasm room dispatch (not a test; prints medians, asserts nothing).
 // Its own package so that it builds without the rest of the server: Sources/Stateroom,
-// Sources/StateroomWasm (the ABI codec) and Sources/WasmHost are symlinks to the real modules.
+// Sources/StateroomWasm (the ABI codec), Sources/CLibCrypto (libcrypto, for the module hash that
+// keys snapshots) and Sources/WasmHost are symlinks to the real modules.
 //
 //   cd Benchmarks/WasmDispatch && swift run -c release WasmDispatch [rounds]
 import PackageDescription
@@ -15,6 +16,7 @@ let package = Package(
     ],
     targets: [
         .target(name: "Stateroom", swiftSettings: [.swiftLanguageMode(.v6)]),
+        .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto"),
         .target(
             name: "StateroomWasm",
             dependencies: ["Stateroom"],
@@ -24,7 +26,7 @@ let package = Package(
         .target(
             name: "WasmHost",
             dependencies: [
-                "Stateroom", "StateroomWasm",
+                "Stateroom", "StateroomWasm", "CLibCrypto",
                 .product(name: "WasmKit", package: "WasmKit"),
                 .product(name: "Logging", package: "swift-log"),
             ],

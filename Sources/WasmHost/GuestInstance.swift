@@ -31,11 +31,15 @@ final class GuestInstance {
     /// The module declared the identity extension (`STATEROOM_IDENTITY_VERSION` == 1): a client
     /// with an identity is announced with `ClientIdentity` before its `Connect`.
     let acceptsIdentities: Bool
-    private let memory: Memory
+    /// The instance itself: snapshots read and assign its exported mutable globals.
+    let instance: Instance
+    /// The guest's linear memory (snapshots read and write it in place).
+    let memory: Memory
     private let malloc: Function
     private let recv: Function
     private let free: Function
-    private let fuel: UInt64
+    /// Fuel each callback (and a restore's memory growth) gets.
+    let fuel: UInt64
     private let budgetMilliseconds: Int
     private var stack: ExecutionStack
     // Reused argument arrays: mutated in place, so a call allocates no argument array.
@@ -120,6 +124,7 @@ final class GuestInstance {
         }
         state.memory = memory
         self.store = store
+        self.instance = instance
         self.state = state
         self.memory = memory
         self.malloc = malloc
@@ -166,6 +171,13 @@ final class GuestInstance {
         return memory.withUnsafeBufferPointer(offset: UInt(address), count: 4) {
             Int32(littleEndian: $0.loadUnaligned(as: Int32.self))
         }
+    }
+
+    /// Takes over the event buffer of a restored memory image (``WasmSnapshot``): the guest's
+    /// allocator, inside that image, still counts the block as allocated, so allocating another
+    /// would leak it. The snapshot was checked to hold the block inside the image.
+    func adoptEventBuffer(pointer: UInt32, capacity: UInt32) {
+        (bufferPointer, bufferCapacity) = (pointer, capacity)
     }
 
     /// Checks the exported functions' signatures (done once, on the probe instance).

@@ -1,6 +1,7 @@
 import Logging
 import Stateroom
 import StateroomWasm
+import struct WasmKit.Module
 
 /// A room served by a WebAssembly guest: one instance of the factory's module, on the room's shard.
 ///
@@ -19,11 +20,31 @@ public final class WasmService: StateroomService {
     /// The room this instance serves.
     public let roomId: String
     private let logger: Logger
+    /// The module's hash and exported mutable globals, for ``snapshot()``.
+    private let layout: SnapshotLayout
 
-    init(guest: GuestInstance, roomId: String, logger: Logger) {
+    init(guest: GuestInstance, roomId: String, layout: SnapshotLayout, logger: Logger) {
         self.guest = guest
         self.roomId = roomId
+        self.layout = layout
         self.logger = logger
+    }
+
+    /// Captures the room's state: the guest's memory (only its non-zero pages), its exported
+    /// mutable globals and the event buffer the host keeps in guest memory, tagged with the
+    /// module's hash. Call between callbacks (on the room's shard, never from inside one); the
+    /// room goes on unchanged. A room whose guest failed has nothing to capture.
+    /// ``WasmServiceFactory/makeWasmService(roomId:shard:restoring:)`` continues the room.
+    public func snapshot() throws(WasmSnapshotError) -> WasmSnapshot {
+        guard let guest else { throw .roomTerminated(roomId: roomId) }
+        return try guest.snapshot(layout: layout, roomId: roomId)
+    }
+
+    /// Makes this fresh room the snapshot's (see ``GuestInstance/restore(_:grower:)``); a
+    /// failure leaves a half-written instance, which the caller discards with this service.
+    func restore(_ snapshot: WasmSnapshot, grower: Module) throws(WasmSnapshotError) {
+        guard let guest else { throw .roomTerminated(roomId: roomId) }
+        try guest.restore(snapshot, grower: grower)
     }
 
     /// `true` once the guest failed and was discarded.

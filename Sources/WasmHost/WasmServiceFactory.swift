@@ -1,4 +1,5 @@
 import Dispatch
+import FoundationEssentials
 import Logging
 import Stateroom
 import Synchronization
@@ -37,16 +38,32 @@ public final class WasmServiceFactory: StateroomServiceFactory {
     /// its rooms get `ClientIdentity { client, identity }` before the `Connect` of a client that
     /// has an identity. Without it, rooms get exactly ABI v1.
     public let acceptsIdentities: Bool
+    /// The module's hash and exported mutable globals: what its rooms' snapshots carry.
+    let layout: SnapshotLayout
+    /// ``MemoryGrower``, parsed once: restores grow a fresh instance's memory with it.
+    let memoryGrower: Module
+
+    /// SHA-256 of the module's bytes; every snapshot of its rooms carries it, and only a
+    /// snapshot that does is restored (``makeWasmService(roomId:shard:restoring:)``).
+    public var moduleHash: WasmModuleHash { layout.moduleHash }
+
+    /// How many mutable globals the module keeps without exporting them: state no snapshot can
+    /// carry (WebAssembly gives the host no way to read it). A module built by an LLVM toolchain
+    /// (Stateroom's Rust SDK, the Swift guest SDK) has 1, its shadow-stack pointer, which is back
+    /// at its initial value between callbacks; more means its rooms would lose state on restore,
+    /// so a layer that persists rooms can refuse such a module.
+    public var hiddenMutableGlobalCount: Int { layout.hiddenMutableGlobals }
 
     /// Loads the module at `path`; throws a ``WasmLoadError`` if it cannot serve rooms.
+    /// The file is read once: its bytes are both parsed and hashed (``moduleHash``).
     public convenience init(path: String, limits: WasmLimits = .init(), logger: Logger) throws {
-        let module: Module
+        let bytes: [UInt8]
         do {
-            module = try parseWasm(filePath: path)
+            bytes = [UInt8](try Data(contentsOf: URL(filePath: path)))
         } catch {
             throw WasmLoadError.invalidModule(path: path, reason: "\(error)")
         }
-        try self.init(module: module, path: path, limits: limits, logger: logger)
+        try self.init(bytes: bytes, name: path, limits: limits, logger: logger)
     }
 
     /// Loads a module from its bytes (`name` is used in logs and errors).
@@ -57,16 +74,25 @@ public final class WasmServiceFactory: StateroomServiceFactory {
         } catch {
             throw WasmLoadError.invalidModule(path: name, reason: "\(error)")
         }
-        try self.init(module: module, path: name, limits: limits, logger: logger)
+        try self.init(module: module, bytes: bytes, path: name, limits: limits, logger: logger)
     }
 
-    init(module: Module, path: String, limits: WasmLimits, logger: Logger) throws {
+    init(module: Module, bytes: [UInt8], path: String, limits: WasmLimits, logger: Logger) throws {
         self.path = path
         self.limits = limits
         self.module = module
         self.logger = logger
         self.plan = try ImportPlan(module: module)
+        self.layout = try SnapshotLayout(moduleBytes: bytes, name: path)
+        do {
+            self.memoryGrower = try parseWasm(bytes: MemoryGrower.bytes)
+        } catch {
+            throw WasmLoadError.invalidModule(path: "<memory grower>", reason: "\(error)")
+        }
         try GuestInstance.verifyExportKinds(of: module)
+        if layout.hiddenMutableGlobals > 1 {
+            logger.notice("\(path) keeps state in \(layout.hiddenMutableGlobals) mutable globals it does not export: its rooms cannot be snapshotted, so durable rooms (--store) keep them in memory only")
+        }
         self.lazyEngine = Engine(configuration: Self.engineConfiguration(compilationMode: .lazy))
         self.eagerEngine = Engine(configuration: Self.engineConfiguration(compilationMode: .eager))
         self.pool = SparePool(target: max(0, limits.spareInstances))
@@ -113,7 +139,32 @@ public final class WasmServiceFactory: StateroomServiceFactory {
         }
         scheduleRefill()
         guest.state.logger = roomLogger
-        return WasmService(guest: guest, roomId: roomId, logger: roomLogger)
+        return WasmService(guest: guest, roomId: roomId, layout: layout, logger: roomLogger)
+    }
+
+    /// Creates room `roomId`'s instance from `snapshot` (from ``WasmService/snapshot()``, here
+    /// or on another node): a fresh instance (a spare if one is ready) whose memory, exported
+    /// mutable globals and event buffer become the snapshot's. `Init` is not delivered, and the
+    /// caller must not deliver it (``WasmService/initialize(context:)``): the room's state is
+    /// already initialized, and its next event sees that state. Called on `shard`'s thread, like
+    /// ``makeWasmService(roomId:shard:)``.
+    ///
+    /// Refused before an instance is taken: a snapshot of another module (both hashes named),
+    /// a memory image over ``WasmLimits/maxMemoryBytes``, globals that do not match the
+    /// module's exported mutable globals. Memory grows through `memory.grow`, so the cap and the
+    /// module's declared maximum hold as for the guest's own growth.
+    public func makeWasmService(
+        roomId: String, shard: Int, restoring snapshot: WasmSnapshot
+    ) throws(WasmSnapshotError) -> WasmService {
+        try layout.check(snapshot, limits: limits)
+        let service: WasmService
+        do {
+            service = try makeWasmService(roomId: roomId, shard: shard)
+        } catch {
+            throw .instanceFailed(reason: "\(error)")
+        }
+        try service.restore(snapshot, grower: memoryGrower)
+        return service
     }
 
     /// The number of spares ready now (tests and metrics).
@@ -195,5 +246,29 @@ final class SparePool: Sendable {
                 }
             }
         }
+    }
+}
+
+// MARK: - Durable rooms
+
+extension WasmServiceFactory {
+    /// What this module's room snapshots are called: `wasm:` and the module's SHA-256, so a
+    /// snapshot is only ever restored into the module that wrote it.
+    public var snapshotKind: String { "wasm:\(moduleHash)" }
+
+    /// The room's memory image (``WasmService/snapshot()``), or nil for a module that keeps state
+    /// in mutable globals it does not export (more than the LLVM shadow-stack pointer), which no
+    /// snapshot can carry.
+    public func snapshot(of service: any StateroomService) throws -> ServiceSnapshot? {
+        guard layout.hiddenMutableGlobals <= 1, let room = service as? WasmService else { return nil }
+        return ServiceSnapshot(kind: snapshotKind, bytes: try room.snapshot().encoded())
+    }
+
+    /// A room restored from a snapshot of this module (``makeWasmService(roomId:shard:restoring:)``).
+    public func restoreService(roomId: String, shard: Int, from snapshot: ServiceSnapshot) throws -> any StateroomService {
+        guard snapshot.kind == snapshotKind else {
+            throw SnapshotError("a snapshot of \(snapshot.kind) cannot be restored into \(snapshotKind)")
+        }
+        return try makeWasmService(roomId: roomId, shard: shard, restoring: try WasmSnapshot(decoding: snapshot.bytes))
     }
 }
