@@ -349,3 +349,50 @@ def test_both_nodes_stopped_and_started_again_keep_every_room(server_factory, re
     serve_then_stop(0)
     serve_then_stop(1)
     serve_then_stop(2)
+
+
+# -- wasm rooms: the guest's memory is the snapshot ------------------------------------------
+
+@pytest.fixture(scope="module")
+def swift_counter(tmp_path_factory) -> Path:
+    """Examples/SharedCounter built with the Swift guest SDK (release) in a folder of its own."""
+    cli = Path(__file__).resolve().parents[2] / ".build" / "release" / "stateroom"
+    if not cli.exists():
+        pytest.fail(f"stateroom CLI not found at {cli}")
+    folder = tmp_path_factory.mktemp("guest") / "SharedCounter"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "Examples" / "SharedCounter", folder,
+                    ignore=shutil.ignore_patterns("dist", ".stateroom"))
+    proc = subprocess.run([str(cli), "build", "--release", "--path", str(folder)], capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    return folder / "dist" / "counter.wasm"
+
+
+def test_a_swift_wasm_room_hibernates_restarts_and_moves_with_its_memory(server_factory, redis, swift_counter):
+    wasm = ["--wasm", str(swift_counter), "--store", redis.url]
+    a = server_factory(*wasm, shards=2)
+    run(increment(a.ws_url("guest"), 3, 3))
+    wait_metric(a, "stateroom_rooms_hibernated_total", lambda v: v >= 1)
+    assert redis.cli("EXISTS", "stateroom:room:guest") == "1"
+    run(increment(a.ws_url("guest"), 2, 5))  # woken from its memory image
+    assert a.metric("stateroom_rooms_restored_total") >= 1
+
+    # A second node takes the room over from a client that is still connected to the first.
+    b = server_factory(*wasm)
+
+    async def move():
+        old = await websockets.connect(a.ws_url("guest"))
+        await old.send("increment")
+        await expect(old, "new value: 6")
+        async with websockets.connect(b.ws_url("guest"), open_timeout=15) as new:
+            with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                await asyncio.wait_for(old.recv(), 10)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1012
+            await new.send("increment")
+            await expect(new, "new value: 7")
+
+    run(move())
+    # Both nodes stop; a new one restores the room from Redis.
+    assert a.stop() is None and b.stop() is None
+    c = server_factory(*wasm)
+    run(increment(c.ws_url("guest"), 1, 8))
