@@ -19,6 +19,9 @@ import WasmHost
 
 let usage = """
     usage: WasmDispatch [rounds]          full benchmark, medians over rounds (default 9)
+           WasmDispatch snapshot          durable rooms: capture (snapshot + encode) and restore
+                                          (decode + a fresh instance given the image) of a room
+                                          with 1, 16, 64 and 256 non-zero 64 KiB pages
            WasmDispatch relay [messages]  only the wasm relay: Init, 1000 warm-up messages, then
                                           `messages` (default 100000) relay callbacks; prints the
                                           per-callback time. Made for `valgrind --tool=callgrind`
@@ -30,6 +33,7 @@ if CommandLine.arguments.contains("--help") || CommandLine.arguments.contains("-
     exit(0)
 }
 let relayOnly = CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "relay"
+let snapshotOnly = CommandLine.arguments.count > 1 && CommandLine.arguments[1] == "snapshot"
 let rounds = !relayOnly && CommandLine.arguments.count > 1 ? Int(CommandLine.arguments[1]) ?? 9 : 9
 let logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 let here = URL(fileURLWithPath: #filePath)
@@ -72,6 +76,66 @@ struct NativeRelay: StateroomService {
 @inline(never)
 func drive(_ service: inout some StateroomService, _ payload: MessagePayload, _ ctx: NullContext, _ n: Int) {
     for _ in 0..<n { service.message(client: ClientId(1), message: payload, context: ctx) }
+}
+
+// MARK: - Snapshots (durable rooms)
+
+/// A room whose Init fills `pages` pages after the first with non-zero bytes (a stand-in for a
+/// guest's heap): the memory a snapshot must carry.
+func filledModule(pages: Int) -> String {
+    """
+    (module
+      (memory (export "memory") \(pages + 1))
+      (global (export "STATEROOM_API_VERSION") i32 (i32.const 16))
+      (global (export "STATEROOM_API_PROTOCOL") i32 (i32.const 20))
+      (data (i32.const 16) "\\01\\00\\00\\00\\00\\00\\00\\00")
+      (global $heap (mut i32) (i32.const 1024))
+      (func (export "stateroom_malloc") (param $n i32) (result i32)
+        (local $p i32) (local.set $p (global.get $heap))
+        (global.set $heap (i32.add (global.get $heap) (local.get $n))) (local.get $p))
+      (func (export "stateroom_free") (param i32 i32))
+      (func (export "stateroom_recv") (param $p i32) (param $n i32)
+        (local $a i32)
+        ;; Init (tag 0): fill pages 1...\(pages) with a pattern, 8 bytes at a time.
+        (if (i32.eqz (i32.load (local.get $p))) (then
+          (local.set $a (i32.const 65536))
+          (block $done (loop $fill
+            (br_if $done (i32.ge_u (local.get $a) (i32.const \((pages + 1) * 65536))))
+            (i64.store (local.get $a) (i64.const 0x5a5a5a5a5a5a5a5a))
+            (local.set $a (i32.add (local.get $a) (i32.const 8)))
+            (br $fill))))))
+    )
+    """
+}
+
+if snapshotOnly {
+    print("snapshot: capture = WasmService.snapshot() + encoded(); restore = WasmSnapshot(decoding:) +")
+    print("makeWasmService(restoring:) with no spare ready (instantiate, grow, copy); medians of 9")
+    for pages in [1, 16, 64, 256] {
+        let factory = try WasmServiceFactory(bytes: wat2wasm(filledModule(pages: pages)), name: "filled",
+                                             limits: WasmLimits(spareInstances: 0), logger: logger)
+        let room = try factory.makeWasmService(roomId: "r", shard: 0)
+        room.initialize(context: NullContext())
+        var capture: [Double] = [], restore: [Double] = []
+        var encoded: [UInt8] = []
+        for _ in 0..<9 {
+            let t = now()
+            encoded = try room.snapshot().encoded()
+            capture.append(Double(now() - t))
+        }
+        for _ in 0..<9 {
+            let t = now()
+            let restored = try factory.makeWasmService(roomId: "r2", shard: 0, restoring: try WasmSnapshot(decoding: encoded))
+            restore.append(Double(now() - t))
+            let again = try restored.snapshot().encoded()
+            precondition(again == encoded, "a restored room snapshots the same")
+        }
+        let kib = Double(pages * 64)
+        print(String(format: "  %4d KiB non-zero (%d pages of %d): capture %@ (%@/KiB), restore %@ (%@/KiB), encoded %d KiB",
+                     pages * 64, pages, pages + 1, format(median(capture)), format(median(capture) / kib),
+                     format(median(restore)), format(median(restore) / kib), encoded.count / 1024))
+    }
+    exit(0)
 }
 
 // MARK: - Per message
