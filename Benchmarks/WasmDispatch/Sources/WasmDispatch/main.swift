@@ -243,6 +243,8 @@ fillers = Int(Double(fillers) * 150_000 / Double(probeSize))
 let big = try bigModule(fillers: fillers)
 print("room creation: module \(big.count / 1000) KB (\(fillers) functions, all reached by Init)")
 
+nonisolated(unsafe) var splitMake: [Double] = []
+nonisolated(unsafe) var splitInit: [Double] = []
 func creation(_ big: [UInt8], spares: Int, count: Int) throws -> (create: [Double], firstMessage: [Double], prepare: Double) {
     let factory = try WasmServiceFactory(bytes: big, name: "big", limits: WasmLimits(spareInstances: spares), logger: logger)
     var create: [Double] = [], first: [Double] = []
@@ -254,8 +256,10 @@ func creation(_ big: [UInt8], spares: Int, count: Int) throws -> (create: [Doubl
         }
         var t = now()
         var room = try factory.makeService(roomId: "r\(i)", shard: 0)
+        let made = now()
         room.initialize(context: ctx)
         create.append(Double(now() - t))
+        if spares > 0 { splitMake.append(Double(made - t)); splitInit.append(Double(now() - made)) }
         t = now()
         text.withUnsafeBytes { room.message(client: ClientId(1), message: MessagePayload(borrowing: $0, kind: .text), context: ctx) }
         first.append(Double(now() - t))
@@ -276,6 +280,7 @@ func creation(_ big: [UInt8], spares: Int, count: Int) throws -> (create: [Doubl
 
 let withSpare = try creation(big, spares: 1, count: rounds)
 let withoutSpare = try creation(big, spares: 0, count: rounds)
+print("split (spare): makeService \(format(median(splitMake))), Init \(format(median(splitInit)))")
 print("room creation from a spare   (makeService + Init): \(format(median(withSpare.create)))   first message after: \(format(median(withSpare.firstMessage)))")
 print("room creation without spares (makeService + Init): \(format(median(withoutSpare.create)))   first message after: \(format(median(withoutSpare.firstMessage)))")
 print("spare preparation off the shard (instantiate + eager translation): \(format(withSpare.prepare))")
