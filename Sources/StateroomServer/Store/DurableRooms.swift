@@ -179,7 +179,7 @@ extension Shard {
         guard let durable, rooms[accepted.roomId] == nil else { return false }
         if durable.fresh.remove(accepted.roomId) != nil { return false }
         if let held = durable.unsaved[accepted.roomId] {
-            openStored(accepted.roomId, held.room)
+            _ = openStored(accepted.roomId, held.room)  // if it cannot be restored, the join starts it afresh
             return false
         }
         // Not read while it waits: the kernel holds what the client sends meanwhile.
@@ -220,7 +220,7 @@ extension Shard {
             durable.fresh.insert(id)  // a new room: the first join creates it
         case .success(.owned(let bytes?)):
             do {
-                openStored(id, try StoredRoom(decoding: bytes))
+                if !openStored(id, try StoredRoom(decoding: bytes)) { durable.fresh.insert(id) }
             } catch {
                 release(id)
                 refusal = "room \(id): its stored snapshot cannot be read: \(error)"
@@ -270,17 +270,20 @@ extension Shard {
         acquire(id)
     }
 
-    /// Opens room `id` from its stored state; a failure to restore is logged and counted, and
-    /// the room's clients then start it afresh — the stored snapshot stays untouched in the store.
-    func openStored(_ id: String, _ stored: StoredRoom) {
+    /// Opens room `id` from its stored state. False when it cannot be restored (a snapshot of
+    /// another module or service, after a deploy): that is logged and counted, and the room's
+    /// clients then start it afresh — its next save replaces the snapshot that could not be used.
+    func openStored(_ id: String, _ stored: StoredRoom) -> Bool {
         do {
             // A held (unsaved) copy stays held until the store confirms it or a newer save replaces it.
             _ = try rooms.restore(id, from: stored)
             count(.roomsRestored)
             count(.roomsActive)
+            return true
         } catch {
             count(.storeErrors)
-            logger.error("room \(id): cannot restore its snapshot (\(stored.service.kind)): \(error)")
+            logger.error("room \(id): cannot restore its snapshot (\(stored.service.kind)): \(error); starting it afresh")
+            return false
         }
     }
 
