@@ -50,10 +50,12 @@ let package = Package(
             dependencies: ["CLibCrypto", "CDeflate"],
             swiftSettings: strict
         ),
+        // A pthread-based lock ThreadSanitizer can follow (see Locked.swift).
+        .target(name: "Locking", swiftSettings: strict),
         .target(
             name: "IOCore",
             dependencies: [
-                "CUring",
+                "CUring", "Locking",
                 .product(name: "DequeModule", package: "swift-collections"),
             ],
             swiftSettings: strict
@@ -62,7 +64,7 @@ let package = Package(
         .target(
             name: "StateroomServer",
             dependencies: [
-                "IOCore", "WireProtocol", "Stateroom", "CTLS", "CLibCrypto", "CHiredis",
+                "IOCore", "WireProtocol", "Stateroom", "CTLS", "CLibCrypto", "CHiredis", "Locking",
                 .product(name: "DequeModule", package: "swift-collections"),
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "Logging", package: "swift-log"),
@@ -74,7 +76,7 @@ let package = Package(
             dependencies: [
                 // StateroomWasm: the ABI codec the guest SDK compiles too (one codec, both sides).
                 // CLibCrypto: SHA-256 of the module, which keys its rooms' snapshots.
-                "Stateroom", "StateroomWasm", "CLibCrypto",
+                "Stateroom", "StateroomWasm", "CLibCrypto", "Locking",
                 .product(name: "WasmKit", package: "WasmKit"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -122,13 +124,13 @@ let package = Package(
         .testTarget(name: "IOCoreTests", dependencies: ["IOCore"], swiftSettings: strict),
         .testTarget(
             name: "StateroomServerTests",
-            dependencies: ["StateroomServer", "Stateroom", "WireProtocol", "IOCore"],
+            dependencies: ["StateroomServer", "Stateroom", "WireProtocol", "IOCore", "Locking"],
             exclude: ["Fixtures"],
             swiftSettings: strict
         ),
         .testTarget(
             name: "WasmHostTests",
-            dependencies: ["WasmHost", "Stateroom", .product(name: "WAT", package: "WasmKit")],
+            dependencies: ["WasmHost", "Stateroom", "Locking", .product(name: "WAT", package: "WasmKit")],
             resources: [.copy("Fixtures")],
             swiftSettings: strict
         ),

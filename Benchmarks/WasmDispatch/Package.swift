@@ -17,16 +17,17 @@ let package = Package(
     targets: [
         .target(name: "Stateroom", swiftSettings: [.swiftLanguageMode(.v6)]),
         .systemLibrary(name: "CLibCrypto", path: "Sources/CLibCrypto"),
+        .target(name: "Locking", swiftSettings: [.swiftLanguageMode(.v6)]),
         .target(
             name: "StateroomWasm",
             dependencies: ["Stateroom"],
-            exclude: ["Guest", "Entry", "Native", "runtime"],
+            exclude: ["Guest", "Entry", "Native", "runtime", "IDENTITY.md"],
             swiftSettings: [.swiftLanguageMode(.v6)]
         ),
         .target(
             name: "WasmHost",
             dependencies: [
-                "Stateroom", "StateroomWasm", "CLibCrypto",
+                "Stateroom", "StateroomWasm", "CLibCrypto", "Locking",
                 .product(name: "WasmKit", package: "WasmKit"),
                 .product(name: "Logging", package: "swift-log"),
             ],

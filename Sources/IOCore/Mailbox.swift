@@ -1,4 +1,5 @@
 import Synchronization
+import Locking
 
 /// A cross-thread multi-producer, single-consumer queue with an eventfd doorbell.
 ///
@@ -6,7 +7,7 @@ import Synchronization
 /// loop keeps an eventfd read armed and drains the queue when it completes. Used for connection
 /// handoff and control messages, never per WebSocket message.
 public final class Mailbox<Item: Sendable>: Sendable {
-    private let items = Mutex<[Item]>([])
+    private let items = Locked<[Item]>([])
     /// The doorbell the owner's loop listens on.
     public let doorbell: EventFD
 

@@ -1,4 +1,5 @@
 import Synchronization
+import Locking
 
 /// Counters of one shard. The shard bumps plain integers on its hot path and publishes them
 /// here once per loop turn, under an uncontended lock; `/metrics` (on any shard) reads them.
@@ -78,7 +79,7 @@ final class ShardStats: Sendable {
         var isPerShard: Bool { self == .coalesceWindowMicros || self == .busyPermille }
     }
 
-    private let values = Mutex([Int](repeating: 0, count: Counter.allCases.count))
+    private let values = Locked([Int](repeating: 0, count: Counter.allCases.count))
 
     func publish(_ local: [Int]) {
         values.withLock { v in

@@ -3,10 +3,11 @@ import IOCore
 import Logging
 import Stateroom
 import Synchronization
+import Locking
 
 /// Counts shard threads that finished starting.
 final class StartLatch: Sendable {
-    private let arrived = Mutex(0)
+    private let arrived = Locked(0)
     func arrive() { arrived.withLock { $0 += 1 } }
     func wait(for n: Int) {
         while arrived.withLock({ $0 }) < n { usleep(500) }
@@ -26,7 +27,7 @@ public final class Server: @unchecked Sendable {
     private let logger: Logger
     private let processStats = ProcessStats()
     /// Serialises certificate reloads.
-    private let reloading = Mutex(())
+    private let reloading = Locked(())
     /// The durable rooms' store (``ServerConfiguration/store``) and this node's hand-over
     /// channel, stopped after the shards.
     private var store: RedisStore?

@@ -4,6 +4,7 @@ import Logging
 import Stateroom
 import Synchronization
 @_spi(Fuzzing) import WasmKit
+import Locking
 
 /// Serves every room from one WebAssembly module built for the Stateroom ABI (shared/ABI.md).
 ///
@@ -195,7 +196,7 @@ final class SparePool: Sendable {
     }
 
     let target: Int
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let queue = DispatchQueue(label: "stateroom.wasm.spares", qos: .utility)
 
     init(target: Int) { self.target = target }

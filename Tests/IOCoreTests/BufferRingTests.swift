@@ -50,7 +50,7 @@ struct BufferRingTests {
         defer { for (a, b) in ends { loop.forget(fd: a); close(a); close(b) } }
         // Every socket has a byte waiting before its receive is armed: the receives, issued in one
         // submit, find data at once and need more buffers than the ring holds.
-        for i in 0..<pairs {
+        for _ in 0..<pairs {
             var fds: [Int32] = [0, 0]
             #expect(socketpair(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0, &fds) == 0)
             ends.append((fds[0], fds[1]))

@@ -4,6 +4,7 @@ import Stateroom
 import Synchronization
 import Testing
 import WireProtocol
+import Locking
 
 /// Parses `request` and hands the head to `door`.
 private func answer(_ door: FrontDoor, _ request: String, peer: String? = "127.0.0.1:4242") -> FrontDoorAnswer? {
@@ -20,7 +21,7 @@ private let upgradeHead = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebS
 
 /// Remembers the last request it saw; refuses rooms whose id starts with "no".
 final class RecordingPolicy: UpgradePolicy {
-    let last = Mutex<UpgradeRequest?>(nil)
+    let last = Locked<UpgradeRequest?>(nil)
     func decide(_ request: UpgradeRequest) -> UpgradeDecision {
         last.withLock { $0 = request }
         if request.roomId.hasPrefix("no") {

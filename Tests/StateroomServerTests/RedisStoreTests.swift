@@ -4,6 +4,7 @@ import IOCore
 @testable import StateroomServer
 import Synchronization
 import Testing
+import Locking
 
 /// A private `redis-server` on a loopback port (nothing saved to disk), for as long as a test needs it.
 final class RedisProcess {
@@ -97,7 +98,7 @@ struct RedisStoreTests {
         let redis = try RedisProcess()
         let store = RedisStore(RedisEndpoint(host: "127.0.0.1", port: redis.port))
         defer { store.stop() }
-        let seen = Mutex<[Int64]>([])
+        let seen = Locked<[Int64]>([])
         let finished = DispatchSemaphore(value: 0)
         for _ in 0..<200 {
             store.command("INCR", "n") { result in

@@ -4,6 +4,7 @@ import Stateroom
 import Synchronization
 import WAT
 @testable import WasmHost
+import Locking
 
 /// A context that records what the service did.
 final class RecordingContext: StateroomContext {
@@ -64,7 +65,7 @@ final class LogRecorder: Sendable {
         let metadata: [String: String]
     }
 
-    private let storage = Mutex<[Line]>([])
+    private let storage = Locked<[Line]>([])
     var lines: [Line] { storage.withLock { $0 } }
 
     func append(_ line: Line) { storage.withLock { $0.append(line) } }

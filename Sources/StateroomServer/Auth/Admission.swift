@@ -1,5 +1,6 @@
 import Glibc
 import Synchronization
+import Locking
 
 /// Limits that keep one client, or one address, from taking what others need. Zero turns a
 /// limit off; every limit is off by default.
@@ -65,7 +66,7 @@ final class Admission: Sendable {
         var buckets: [String: Bucket] = [:]
     }
 
-    private let state = Mutex(State())
+    private let state = Locked(State())
     private let sockets = Atomic<Int>(0)
     /// Beyond this many tracked addresses, buckets that have refilled are dropped.
     static let bucketPruneThreshold = 16_384

@@ -3,6 +3,7 @@ import Dispatch
 import Glibc
 import IOCore
 import Synchronization
+import Locking
 
 /// Where a Redis server is: `redis://HOST:PORT[/DB]` (port 6379 when left out, database 0).
 public struct RedisEndpoint: Sendable, Equatable, CustomStringConvertible {
@@ -98,9 +99,9 @@ public final class RedisStore: Sendable {
         var stopped = false
     }
 
-    private let queue = Mutex(Queue())
+    private let queue = Locked(Queue())
     private let wake = DispatchSemaphore(value: 0)
-    private let thread = Mutex<LoopThread?>(nil)
+    private let thread = Locked<LoopThread?>(nil)
     private let failureCount = Atomic<Int>(0)
     private let commandCount = Atomic<Int>(0)
 
@@ -140,7 +141,7 @@ public final class RedisStore: Sendable {
 
     /// Runs a command and waits for its reply: for start-up checks and tests, never on a shard.
     public func commandAndWait(_ arguments: [[UInt8]]) -> Result<RedisReply, StoreError> {
-        let box = Mutex<Result<RedisReply, StoreError>?>(nil)
+        let box = Locked<Result<RedisReply, StoreError>?>(nil)
         let replied = DispatchSemaphore(value: 0)
         command(arguments) { result in
             box.withLock { $0 = result }
@@ -321,8 +322,8 @@ public final class RedisSubscriber: Sendable {
         var stopped = false
         var fd: Int32 = -1
     }
-    private let state = Mutex(State())
-    private let thread = Mutex<LoopThread?>(nil)
+    private let state = Locked(State())
+    private let thread = Locked<LoopThread?>(nil)
     private let subscribedOnce = DispatchSemaphore(value: 0)
 
     /// Subscribes to `channel` and waits (up to `timeout` seconds) until the subscription is in
