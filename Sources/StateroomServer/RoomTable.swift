@@ -45,7 +45,6 @@ final class RoomTable {
         if let room = rooms[id], !room.isClosed { return room }
         let service = try factory.restoreService(roomId: id, shard: shard, from: saved.service)
         let room = Room(id: id, service: service, nextClientId: saved.nextClientId)
-        room.changedSinceSnapshot = false
         rooms[id] = room
         return room
     }

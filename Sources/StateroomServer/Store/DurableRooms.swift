@@ -14,7 +14,7 @@ struct StoredRoom: Equatable, Sendable {
 
     func encoded() -> [UInt8] {
         var w = SnapshotWriter()
-        w.write(version: Self.version)
+        w.write(Self.version)
         w.write(nextClientId)
         w.write(service.kind)
         w.write(bytes: service.bytes)
@@ -103,10 +103,6 @@ enum LoadReply: Sendable {
             self = .heldBy(String(decoding: owner, as: UTF8.self))
         }
     }
-}
-
-extension SnapshotWriter {
-    fileprivate mutating func write(version: UInt32) { write(version) }
 }
 
 /// What the store thread reports back to a shard (through its mailbox).

@@ -257,23 +257,7 @@ public final class RedisStore: Sendable {
 
     private func execute(_ arguments: [[UInt8]], on connection: OpaquePointer) -> Result<RedisReply, StoreError> {
         let c = UnsafeMutablePointer<redisContext>(connection)
-        let lengths = arguments.map { $0.count }
-        // Arguments are passed with their lengths (binary-safe); an empty one still needs a pointer.
-        let copies: [UnsafeMutablePointer<CChar>] = arguments.map { a in
-            let p = UnsafeMutablePointer<CChar>.allocate(capacity: max(1, a.count))
-            a.withUnsafeBytes { raw in
-                if let base = raw.baseAddress { UnsafeMutableRawPointer(p).copyMemory(from: base, byteCount: a.count) }
-            }
-            return p
-        }
-        defer { for p in copies { p.deallocate() } }
-        var pointers: [UnsafePointer<CChar>?] = copies.map { UnsafePointer($0) }
-        let raw = pointers.withUnsafeMutableBufferPointer { argv in
-            lengths.withUnsafeBufferPointer { argvlen in
-                redisCommandArgv(c, Int32(arguments.count), argv.baseAddress, argvlen.baseAddress)
-            }
-        }
-        guard let raw else {
+        guard let raw = sendCommand(c, arguments) else {
             return .failure(StoreError("\(endpoint): \(String(cString: sr_redis_errstr(c)))"))
         }
         defer { freeReplyObject(raw) }
@@ -305,6 +289,25 @@ public final class RedisStore: Sendable {
         default:
             return .failure(StoreError("Redis: reply of unknown type \(reply.type)"))
         }
+    }
+}
+
+/// Sends `arguments` as one command and reads its reply (nil when the connection failed; the
+/// caller frees the reply). Arguments go with their lengths, so they are binary-safe.
+private func sendCommand(_ c: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) -> UnsafeMutableRawPointer? {
+    let lengths = arguments.map { $0.count }
+    // Each argument copied to memory of its own: an empty one still needs a pointer.
+    let copies: [UnsafeMutablePointer<CChar>] = arguments.map { a in
+        let p = UnsafeMutablePointer<CChar>.allocate(capacity: max(1, a.count))
+        a.withUnsafeBytes { raw in
+            if let base = raw.baseAddress { UnsafeMutableRawPointer(p).copyMemory(from: base, byteCount: a.count) }
+        }
+        return p
+    }
+    defer { for p in copies { p.deallocate() } }
+    var pointers: [UnsafePointer<CChar>?] = copies.map { UnsafePointer($0) }
+    return pointers.withUnsafeMutableBufferPointer { argv in
+        lengths.withUnsafeBufferPointer { redisCommandArgv(c, Int32(arguments.count), argv.baseAddress, $0.baseAddress) }
     }
 }
 
@@ -385,15 +388,7 @@ public final class RedisSubscriber: Sendable {
 
     /// Sends a command and reads its reply; true when it was not an error.
     private func command(_ c: UnsafeMutablePointer<redisContext>, _ arguments: [String]) -> Bool {
-        var cs = arguments.map { strdup($0) }
-        defer { for p in cs { free(p) } }
-        let lengths = arguments.map { $0.utf8.count }
-        let reply = cs.withUnsafeMutableBufferPointer { argv in
-            argv.withMemoryRebound(to: UnsafePointer<CChar>?.self) { argv in
-                lengths.withUnsafeBufferPointer { redisCommandArgv(c, Int32(arguments.count), argv.baseAddress, $0.baseAddress) }
-            }
-        }
-        guard let reply else { return false }
+        guard let reply = sendCommand(c, arguments.map { Array($0.utf8) }) else { return false }
         defer { freeReplyObject(reply) }
         return reply.assumingMemoryBound(to: redisReply.self).pointee.type != REDIS_REPLY_ERROR
     }
