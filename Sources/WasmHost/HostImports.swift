@@ -272,17 +272,22 @@ extension FunctionType {
     /// `(i32, i32) -> ()`, the way errors print a signature.
     var signature: String {
         func list(_ types: [ValueType]) -> String {
-            "(" + types.map { type -> String in
-                switch type {
-                case .i32: return "i32"
-                case .i64: return "i64"
-                case .f32: return "f32"
-                case .f64: return "f64"
-                case .v128: return "v128"
-                case .ref: return "ref"
-                }
-            }.joined(separator: ", ") + ")"
+            "(" + types.map(\.name).joined(separator: ", ") + ")"
         }
         return list(parameters) + " -> " + list(results)
+    }
+}
+
+extension ValueType {
+    /// The type's name as errors print it (signatures, snapshot globals).
+    var name: String {
+        switch self {
+        case .i32: return "i32"
+        case .i64: return "i64"
+        case .f32: return "f32"
+        case .f64: return "f64"
+        case .v128: return "v128"
+        case .ref: return "ref"
+        }
     }
 }

@@ -130,18 +130,6 @@ public enum WasmGlobalValue: Sendable, Equatable {
         }
     }
 
-    /// A WebAssembly type's name, for errors.
-    static func typeName(of type: ValueType) -> String {
-        switch type {
-        case .i32: return "i32"
-        case .i64: return "i64"
-        case .f32: return "f32"
-        case .f64: return "f64"
-        case .v128: return "v128"
-        case .ref: return "a reference type"
-        }
-    }
-
     /// The snapshot form of a WasmKit value; `nil` for types a snapshot cannot carry
     /// (vectors, references).
     init?(_ value: Value) {
@@ -298,7 +286,7 @@ struct SnapshotLayout: Sendable {
             guard let expected = mutableGlobals.first(where: { $0.name == global.name }) else {
                 throw .globalMismatch(name: global.name, reason: "the module exports no mutable global of that name")
             }
-            let expectedType = WasmGlobalValue.typeName(of: expected.type)
+            let expectedType = expected.type.name
             guard expectedType == global.value.typeName else {
                 throw .globalMismatch(name: global.name, reason: "it is \(global.value.typeName), the module's is \(expectedType)")
             }
@@ -354,7 +342,7 @@ extension GuestInstance {
         globals.reserveCapacity(layout.mutableGlobals.count)
         for (name, type) in layout.mutableGlobals {
             guard let global = instance.exports[global: name], let value = WasmGlobalValue(global.value) else {
-                throw .unsupportedGlobal(name: name, type: WasmGlobalValue.typeName(of: type))
+                throw .unsupportedGlobal(name: name, type: type.name)
             }
             globals.append(WasmSnapshot.Global(name: name, value: value))
         }

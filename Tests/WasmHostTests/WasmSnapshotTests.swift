@@ -330,7 +330,7 @@ import WAT
     @Test func referenceGlobalsCannotBeCaptured() throws {
         let wat = minimalModule(recv: "", extra: #"(global (export "handler") (mut funcref) (ref.null func))"#)
         let (room, _) = try makeRoom(makeFactory(wat: wat))
-        #expect(throws: WasmSnapshotError.unsupportedGlobal(name: "handler", type: "a reference type")) {
+        #expect(throws: WasmSnapshotError.unsupportedGlobal(name: "handler", type: "ref")) {
             try room.snapshot()
         }
     }

@@ -96,6 +96,18 @@ async def increment(url: str, times: int, last: int) -> None:
             await expect(ws, f"new value: {last - times + i + 1}")
 
 
+async def kill_once_saved(server) -> None:
+    """SIGKILL `server` once an interval save made after this call has gone through (so it holds
+    everything sent before the call; there is no shutdown save)."""
+    saved = server.metric("stateroom_room_snapshots_saved_total")
+    deadline = time.monotonic() + 10
+    while server.metric("stateroom_room_snapshots_saved_total") < saved + 2 and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    server.proc.kill()
+    server.proc.wait(10)
+    server.stopped = True  # killed on purpose
+
+
 def wait_metric(server, name: str, predicate, timeout: float = 10) -> float:
     deadline = time.monotonic() + timeout
     value = None
@@ -151,16 +163,9 @@ def test_interval_snapshots_bound_what_a_crash_loses(server_factory, redis):
             for i in range(1, 4):
                 await ws.send("increment")
                 await expect(ws, f"new value: {i}")
-            await asyncio.sleep(0.2)
-            # Saved while the client is still connected: SIGKILL now, no shutdown save.
-            deadline = time.monotonic() + 10
-            while server.metric("stateroom_room_snapshots_saved_total") < 1 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            server.proc.kill()
-            server.proc.wait(10)
+            await kill_once_saved(server)  # saved while the client is still connected
 
     run(scenario())
-    server.stopped = True  # killed on purpose
     again = server_factory("--store", redis.url, service="counter")
     run(increment(again.ws_url("crash"), 1, 4))
 
@@ -309,14 +314,9 @@ def test_after_the_owner_is_killed_the_room_comes_back_elsewhere_within_the_leas
             for i in (1, 2):
                 await ws.send("increment")
                 await expect(ws, f"new value: {i}")
-            deadline = time.monotonic() + 10
-            while a.metric("stateroom_room_snapshots_saved_total") < 1 and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            a.proc.kill()
-            a.proc.wait(10)
+            await kill_once_saved(a)
 
     run(before())
-    a.stopped = True  # killed on purpose
     start = time.monotonic()
     run(increment(b.ws_url("orphan"), 1, 3))
     assert time.monotonic() - start < 1 + 2.5, "back within the lease (1 s) and a retry"
