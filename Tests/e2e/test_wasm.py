@@ -1,8 +1,9 @@
 """WebAssembly rooms end to end: ``stateroom-server --wasm PATH`` with the WasmHost fixtures.
 
 The fixtures are the WebAssembly text files of ``Tests/WasmHostTests/Fixtures``, converted with
-``wat2wasm`` (Debian ``wabt``) into a temporary directory. Clients are the third-party
-``websockets`` asyncio client.
+``wat2wasm`` (Debian ``wabt``) into a temporary directory, and ``rust_shape``, a module with the
+shape of a Rust SDK build (``Fixtures/rust_shape``, built by the toolchain's clang and wasm-ld).
+Clients are the third-party ``websockets`` asyncio client.
 
 Covered: the seed counter scenario served by a wasm counter; timers (fire, re-arm, replaced);
 ``Client`` and ``EveryoneExcept`` recipients; binary round trip byte for byte; every faulty
@@ -40,6 +41,9 @@ def wasm_dir(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wasm")
     for wat in sorted(FIXTURES.glob("*.wat")):
         subprocess.run([tool, str(wat), "-o", str(out / (wat.stem + ".wasm"))], check=True)
+    # Shaped like a build of Stateroom's Rust SDK: every export wrapped by wasm-ld in wasi-libc's
+    # constructors and destructors (Fixtures/rust_shape/rust_shape.c).
+    subprocess.run(["sh", str(FIXTURES / "rust_shape" / "build.sh"), str(out / "rust_shape.wasm")], check=True)
     return out
 
 
@@ -58,6 +62,33 @@ def wasm_server(server_factory, wasm_dir):
 
 def test_wasm_counter_seed_scenario(wasm_server):
     run(wsraw.seed_counter_scenario(wasm_server("counter")))
+
+
+def test_rust_shaped_module_counts_and_relays(wasm_server):
+    """A module shaped like a Rust SDK build (each export wrapped in wasi-libc's constructors and
+    destructors by wasm-ld): its counter and relay, and its stdout line in the server's log."""
+    server = wasm_server("rust_shape")
+
+    async def main():
+        async with ws_connect(server.ws_url()) as a, ws_connect(server.ws_url()) as b:
+            for want in ("new value: 1", "new value: 2"):
+                await a.send("increment")
+                await expect(a, want)
+                await expect(b, want)
+            await b.send("decrement")
+            await expect(a, "new value: 1")
+            await expect(b, "new value: 1")
+            await a.send("log")
+            await expect(a, "logged")
+            await b.send("hello")
+            await expect(a, "hello")
+            await expect(b, "hello")
+        async with ws_connect(server.ws_url("other")) as c:  # another room, its own instance
+            await c.send("increment")
+            await expect(c, "new value: 1")
+    run(main())
+    assert "hello from the rust-shaped guest" in server.stderr_text()
+    server.assert_alive()
 
 
 def test_wasm_timer_fires_rearms_and_is_replaced(wasm_server):
@@ -111,8 +142,9 @@ def test_wasm_client_and_everyone_except_recipients(wasm_server):
     run(main())
 
 
-def test_wasm_relay_binary_round_trip_byte_for_byte(wasm_server):
-    server = wasm_server("relay")
+@pytest.mark.parametrize("module", ["relay", "rust_shape"])
+def test_wasm_relay_binary_round_trip_byte_for_byte(wasm_server, module):
+    server = wasm_server(module)
     url = server.ws_url("bin")
 
     async def main():
@@ -141,6 +173,7 @@ FAULTS = {
     "infinite_loop": ("loop", "spin"),
     "memory_growth": ("grow", "oom"),
     "proc_exit": ("wasi", "exit"),
+    "rust_shaped_panic": ("rust_shape", "panic"),
     "send_out_of_range": ("bad_send", "range"),
     "send_garbage_tag": ("bad_send", "tag"),
     "send_invalid_utf8": ("bad_send", "utf8"),
