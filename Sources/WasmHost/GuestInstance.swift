@@ -99,12 +99,16 @@ final class GuestInstance {
 
     /// Instantiates `module` in a new store, calls `_initialize` if exported, and checks the ABI
     /// version and protocol, and the identity extension's version if the module declares it.
-    /// Start function and `_initialize` run under the callback budget.
-    init(module: Module, engine: Engine, plan: ImportPlan, limits: WasmLimits, logger: Logger) throws(WasmLoadError) {
+    /// Start function and `_initialize` run under the callback budget. `roomId` names the room in
+    /// log lines (a spare gets it when it is taken).
+    init(
+        module: Module, engine: Engine, plan: ImportPlan, limits: WasmLimits, logger: Logger, roomId: String? = nil
+    ) throws(WasmLoadError) {
         let store = Store(engine: engine)
         store.resourceLimiter = MemoryCap(maxBytes: limits.maxMemoryBytes)
         store.fuel = Fuel(remaining: limits.fuelPerCallback)
         let state = HostState(logger: logger)
+        state.roomId = roomId
         let instance: Instance
         do {
             instance = try module.instantiate(store: store, imports: plan.makeImports(store: store, state: state))

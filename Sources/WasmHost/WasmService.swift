@@ -19,15 +19,13 @@ public final class WasmService: StateroomService {
     private var guest: GuestInstance?
     /// The room this instance serves.
     public let roomId: String
-    private let logger: Logger
     /// The module's hash and exported mutable globals, for ``snapshot()``.
     private let layout: SnapshotLayout
 
-    init(guest: GuestInstance, roomId: String, layout: SnapshotLayout, logger: Logger) {
+    init(guest: GuestInstance, roomId: String, layout: SnapshotLayout) {
         self.guest = guest
         self.roomId = roomId
         self.layout = layout
-        self.logger = logger
     }
 
     /// Captures the room's state: the guest's memory (only its non-zero pages), its exported
@@ -115,7 +113,7 @@ public final class WasmService: StateroomService {
             self.guest = nil
             guest.state.flushLogs()
             let reason = "wasm guest failed in \(callback): \(error.description)"
-            logger.error("\(reason); closing the room")
+            guest.state.logger.error("\(reason); closing the room")
             context.closeRoom(reason: reason)
         }
     }
