@@ -330,6 +330,29 @@ import Glibc
         #expect(out.count >= 100_000 && out.count <= 1 << 20)
     }
 
+    /// A 19-byte stream whose matches reach further back than a 9-bit window (found by the
+    /// deflate fuzz target, `Fuzz/corpus/deflate/regress-inflate-chunking-window-reach`). zlib checks
+    /// a distance against the window only when it reaches past the current call's output, so
+    /// the verdict used to follow the size of the buffer an earlier message left: a buffer of
+    /// 690–877 bytes made it corrupt, any other size 878 bytes of output. It must follow the
+    /// message alone.
+    @Test func theVerdictDoesNotDependOnTheBufferAnEarlierMessageLeft() {
+        let stream: [UInt8] = [0x6a, 0x4c, 0x4a, 0x4e, 0x1c, 0x45, 0x43, 0x03, 0x6a, 0x29,
+                               0x4c, 0x4a, 0x1c, 0x45, 0x43, 0x39, 0x01, 0x00, 0x00]
+        func verdict(leftover: Int, limit: Int) -> DeflateDecompressor.Result {
+            let d = DeflateDecompressor(windowBits: 9, noContextTakeover: false)
+            var out = [UInt8](repeating: 0xa5, count: leftover)
+            return stream.withUnsafeBytes { d.decompress($0, limit: limit, into: &out) }
+        }
+        for limit in [100, 877, 878, 4096, 1 << 18] {
+            let fresh = verdict(leftover: 0, limit: limit)
+            for leftover in [1, 100, 690, 700, 877, 878, 4096, 9000] {
+                #expect(verdict(leftover: leftover, limit: limit) == fresh, "limit \(limit), leftover \(leftover)")
+            }
+        }
+        #expect(verdict(leftover: 0, limit: 1 << 18) == .ok(878))
+    }
+
     @Test func corruptStreams() throws {
         let m = Self.messages[3]
         let z = try #require(Self.compress(DeflateCompressor(backend: .zlib), m))

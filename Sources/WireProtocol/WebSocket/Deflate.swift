@@ -131,13 +131,20 @@ public final class DeflateDecompressor {
     /// (grown as needed, never past `limit` bytes; reused across calls by the caller, whose bytes
     /// past the result are unspecified). After ``Result/tooBig`` or ``Result/corrupt`` the window
     /// is reset (the connection is being closed anyway).
+    ///
+    /// zlib is handed the output in steps that depend on the input's size and `limit` only, never
+    /// on what `output` held before: zlib checks a match's distance against the window only when
+    /// it reaches back past the output of the current call, so a stream that reaches further than
+    /// the client's window would otherwise be accepted or refused depending on the size of a
+    /// buffer an earlier message (perhaps another client's) left behind.
     public func decompress(_ input: UnsafeRawBufferPointer, limit: Int, into output: inout [UInt8]) -> Result {
         guard let base = input.baseAddress, input.count > 0 else { return .ok(0) }
         let limit = max(limit, 0)
         cdeflate_inflate_begin(handle, base.assumingMemoryBound(to: UInt8.self), input.count)
         var written = 0
+        var space = min(limit, max(input.count * 4, 4096))
         while true {
-            let space = min(output.count, limit)
+            if output.count < space { output.append(contentsOf: repeatElement(0, count: space - output.count)) }
             if written == space {
                 if space == limit {
                     // At the limit: the message is done only if inflate has not one byte more.
@@ -150,8 +157,7 @@ public final class DeflateDecompressor {
                     }
                     return status == Int32(CDEFLATE_DONE) ? .ok(written) : .corrupt
                 }
-                let grown = min(limit, max(output.count * 2, input.count * 4, 4096))
-                output.append(contentsOf: repeatElement(0, count: grown - output.count))
+                space = min(limit, space * 2)
                 continue
             }
             var produced = 0
