@@ -237,8 +237,8 @@ final class SparePool: Sendable {
     static let schedBatch: Int32 = 3
 
     private func build(logger: Logger, make: @Sendable () throws -> GuestInstance) {
-        // SCHED_BATCH: a waking builder does not preempt the shard that woke it (on its core it
-        // waits for the shard to block), yet it gets its fair share when every core is busy. On
+        // SCHED_BATCH: a waking builder does not preempt the shard that woke it (on a shared core
+        // it runs at the scheduler's next turn), yet it gets its share when every core is busy. On
         // Linux a nice value is a thread's own: PRIO_PROCESS with 0 is the calling thread.
         var param = sched_param(sched_priority: 0)
         pthread_setschedparam(pthread_self(), Self.schedBatch, &param)
