@@ -236,7 +236,7 @@ extension Shard {
                         return false
                     }
                 }
-                if let failure = room.message(conn.clientId, MessagePayload(borrowing: view, kind: opcode == .text ? .text : .binary), self) {
+                if let failure = deliver(MessagePayload(borrowing: view, kind: opcode == .text ? .text : .binary), from: conn, to: room) {
                     roomFailed(room, failure)
                     return false
                 }

@@ -25,6 +25,16 @@ extension FramePool {
         message.withUnsafeBytes { frame(message.kind == .text ? .text : .binary, payload: $0) }
     }
 
+    /// The message a text or binary frame made by ``frame(_:)-(MessagePayload)`` carries,
+    /// borrowed for the duration of `body`.
+    func withMessage<R>(of frame: FrameBuffer, _ body: (MessagePayload) -> R) -> R {
+        let first = frame.bytes.load(as: UInt8.self)
+        let short = frame.bytes.load(fromByteOffset: 1, as: UInt8.self) & 0x7F
+        let header = short < 126 ? 2 : (short == 126 ? 4 : 10)
+        let payload = UnsafeRawBufferPointer(start: frame.bytes + header, count: frame.count - header)
+        return body(MessagePayload(borrowing: payload, kind: first & 0x0F == Opcode.text.rawValue ? .text : .binary))
+    }
+
     /// An empty control frame (a ping).
     func emptyFrame(_ opcode: Opcode) -> FrameBuffer {
         frame(opcode, payload: UnsafeRawBufferPointer(start: nil, count: 0))

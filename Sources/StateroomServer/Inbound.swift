@@ -177,7 +177,7 @@ extension Shard {
                 count(.messagesReceived)
                 guard let room = conn.room else { continue }
                 let payload = MessagePayload(borrowing: view, kind: opcode == .text ? .text : .binary)
-                if let failure = room.message(conn.clientId, payload, self) {
+                if let failure = deliver(payload, from: conn, to: room) {
                     roomFailed(room, failure)
                     return
                 }

@@ -175,9 +175,12 @@ extension Shard {
             count(.deflateWebSockets)
         }
         let opened: RoomTable.Opened
+        // A durable room is created under the lease its clients' wait took (DurableRooms.fresh).
+        let fresh = rooms[accepted.roomId] == nil ? durable?.fresh.removeValue(forKey: accepted.roomId) : nil
         do {
-            opened = try rooms.open(accepted.roomId, host: self)
+            opened = try rooms.open(accepted.roomId, host: self, lease: fresh.flatMap { durable?.lease(epoch: $0.epoch, issuedAt: $0.issuedAt) })
         } catch {
+            if let fresh { release(accepted.roomId, epoch: fresh.epoch) }
             logger.error("room \(accepted.roomId): cannot create its service: \(error)")
             closeWebSocket(conn, .internalError, reason: "service unavailable")
             return false
@@ -193,7 +196,11 @@ extension Shard {
         }
         count(.webSocketsOpen)
         let id = opened.room.add(conn, identity: accepted.identity)
-        if let failure = opened.room.connect(id, self) { roomFailed(opened.room, failure) }
+        if !mayRun(opened.room) {
+            deferCallback(opened.room, .connect(id))
+        } else if let failure = opened.room.connect(id, self) {
+            roomFailed(opened.room, failure)
+        }
         return true
     }
 
@@ -202,7 +209,10 @@ extension Shard {
         failedRooms.append((room, failure))
     }
 
-    func endRoom(_ room: Room) {
+    /// Ends `room`; what a durable room held back (frames, waiting callbacks) is dropped unless
+    /// `keepingHeld` (its last save's answer decides).
+    func endRoom(_ room: Room, keepingHeld: Bool = false) {
+        if !keepingHeld { discardHeld(room) }
         if rooms.end(room) { count(.roomsActive, -1) }
     }
 
@@ -216,21 +226,20 @@ extension Shard {
                 releaseCompression(conn)
                 count(.webSocketsOpen, -1)
                 if room.isClosed { continue }
+                if !mayRun(room) {
+                    // Told once its lease is confirmed; the room ends after that if it is empty.
+                    deferCallback(room, .disconnect(conn.clientId))
+                    continue
+                }
                 let failure = room.disconnect(conn.clientId, self)
                 room.forgetIdentity(of: conn.clientId)
                 if let failure {
                     roomFailed(room, failure)
                     continue
                 }
-                // A failed room is ended below, with its log line. A durable room that empties
-                // is saved, then dropped from memory: it hibernates until its next client.
-                if room.members.isEmpty && room.failure == nil {
-                    if durable != nil {
-                        // Saved with its lease let go; a room with nothing new just lets go.
-                        if room.changedSinceSnapshot && save(room, dropping: true) { count(.roomsHibernated) } else { release(room.id) }
-                    }
-                    endRoom(room)
-                }
+                // A failed room is ended below, with its log line. An empty room ends; a durable
+                // one is saved first: it hibernates until its next client.
+                hibernateIfEmpty(room)
             }
             while let (room, failure) = failedRooms.popLast() {
                 guard !room.isClosed else { continue }

@@ -16,6 +16,7 @@ final class ShardStats: Sendable {
         case authFailures, authForbidden, upgradesRateLimited, upgradesAddressLimited, upgradesServerFull
         case upgradesRoomFull, acceptPauses
         case roomsSaved, roomsRestored, roomsHibernated, storeErrors, roomsUnsaved
+        case roomsFenced, leaseRevalidations, callbacksDeferred, framesGated
 
         var name: String {
             switch self {
@@ -67,6 +68,10 @@ final class ShardStats: Sendable {
             case .roomsHibernated: "stateroom_rooms_hibernated_total"
             case .storeErrors: "stateroom_store_errors_total"
             case .roomsUnsaved: "stateroom_room_snapshots_unsaved"
+            case .roomsFenced: "stateroom_rooms_fenced_total"
+            case .leaseRevalidations: "stateroom_lease_revalidations_total"
+            case .callbacksDeferred: "stateroom_callbacks_deferred_total"
+            case .framesGated: "stateroom_frames_gated_total"
             }
         }
 

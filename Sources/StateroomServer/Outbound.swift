@@ -13,12 +13,24 @@ extension Shard: RoomHost {
         assertOnShard()
         guard !room.isClosed else { return }
         let frame = pool.frame(message)
+        // A durable room's frames wait for its state to be stored (the gate takes the reference).
+        if let lease = room.lease { return gate(frame, to: recipient, in: room, lease) }
         if room.deflateMembers > 0 {
             fanOutCompressing(message, plain: frame, to: recipient, in: room)
         } else {
             room.fanOut(frame, to: recipient, pool: pool) { conn, frame in enqueue(conn, frame: frame) }
         }
         pool.release(frame)
+    }
+
+    /// Queues `frame` (a message frame; the caller keeps its reference) to the members
+    /// `recipient` names, compressed for those that agreed to it.
+    func fanOutNow(_ frame: FrameBuffer, to recipient: MessageRecipient, in room: Room) {
+        if room.deflateMembers > 0 {
+            pool.withMessage(of: frame) { fanOutCompressing($0, plain: frame, to: recipient, in: room) }
+        } else {
+            room.fanOut(frame, to: recipient, pool: pool) { conn, frame in enqueue(conn, frame: frame) }
+        }
     }
 
     func setTimer(of room: Room, milliseconds: UInt32) {

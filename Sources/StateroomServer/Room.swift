@@ -34,6 +34,8 @@ final class Room {
     private(set) var nextClientId: UInt32 = 1
     /// A callback ran since the last snapshot (durable rooms save only rooms that changed).
     var changedSinceSnapshot = false
+    /// A durable room's lease, waiting callbacks and output gate (nil: the room is not durable).
+    var lease: RoomLease?
     /// The identities members joined with (only members that have one).
     private var identities: [UInt32: String] = [:]
     /// Members that agreed to permessage-deflate (a broadcast is compressed only if there are any).

@@ -28,23 +28,26 @@ final class RoomTable {
         let failure: RoomFailure?
     }
 
-    /// The open room `id`; one is created from the factory and initialized when there is none.
+    /// The open room `id`; one is created from the factory (under `lease`, for a durable room) and
+    /// initialized when there is none.
     /// Throws what the factory threw (the room is then not created).
-    func open(_ id: String, host: RoomHost) throws -> Opened {
+    func open(_ id: String, host: RoomHost, lease: @autoclosure () -> RoomLease? = nil) throws -> Opened {
         if let room = rooms[id], !room.isClosed {
             return Opened(room: room, created: false, failure: nil)
         }
         let room = Room(id: id, service: try factory.makeService(roomId: id, shard: shard))
+        room.lease = lease()
         rooms[id] = room
         return Opened(room: room, created: true, failure: room.initialize(host))
     }
 
-    /// Opens room `id` continuing from `saved` (a durable room's snapshot): no `initialize`.
+    /// Opens room `id` continuing from `saved` (a durable room's snapshot, under `lease`): no `initialize`.
     /// Throws what the factory threw (the room is then not created).
-    func restore(_ id: String, from saved: StoredRoom) throws -> Room {
+    func restore(_ id: String, from saved: StoredRoom, lease: RoomLease? = nil) throws -> Room {
         if let room = rooms[id], !room.isClosed { return room }
         let service = try factory.restoreService(roomId: id, shard: shard, from: saved.service)
         let room = Room(id: id, service: service, nextClientId: saved.nextClientId)
+        room.lease = lease
         rooms[id] = room
         return room
     }

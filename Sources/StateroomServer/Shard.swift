@@ -88,6 +88,10 @@ final class Shard {
     /// Set by the shard thread once its loop is up (or failed); read by the starter after `ready` signals.
     nonisolated(unsafe) var startError: Error?
 
+    /// A loop wait this much longer than its timeout means the process was paused or starved:
+    /// durable rooms' leases are checked before anything else.
+    static let pauseThreshold: UInt64 = 500_000_000
+
     /// How often quiet connections give back their parser storage.
     static let sweepInterval: UInt64 = 5_000_000_000
 
@@ -179,14 +183,23 @@ final class Shard {
             // The clock is read again once the wait is over, so what the handlers stamp
             // (a client's last words, deadlines) is not as old as the wait.
             var woke = false
+            let waitStart = now
             loop.poll(timeoutNanoseconds: timeout) { c in
-                if !woke { self.now = monotonicNanos(); woke = true }
+                if !woke {
+                    self.now = monotonicNanos()
+                    woke = true
+                    // Much later than asked for: paused or starved. Leases first.
+                    if self.durable != nil && self.now &- waitStart > UInt64(max(timeout, 0)) &+ Shard.pauseThreshold {
+                        self.checkLeasesAfterPause()
+                    }
+                }
                 self.handle(c)
             }
             now = monotonicNanos()
             drainPending()
             runTimers()
             drainPending()
+            if let durable, !durable.toCommit.isEmpty { commitGates() }
             flushDirty()
             if coalescer.measureLoad(now: now) {
                 counters[ShardStats.Counter.busyPermille.rawValue] = Int(coalescer.busy * 1000)
@@ -232,12 +245,12 @@ final class Shard {
                 beginShutdown()
             case .reload(let factory):
                 restartRooms(factory)
-            case .store(.loaded(let room, let result)):
-                storedRoomLoaded(room, result)
-            case .store(.saved(let room, let version, let result)):
-                storedRoomSaved(room, version: version, result)
-            case .store(.renewed(let room, let result)):
-                leaseRenewed(room, result)
+            case .store(.loaded(let room, let issuedAt, let result)):
+                storedRoomLoaded(room, issuedAt: issuedAt, result)
+            case .store(.saved(let room, let version, let epoch, let issuedAt, let result)):
+                storedRoomSaved(room, version: version, epoch: epoch, issuedAt: issuedAt, result)
+            case .store(.renewed(let room, let epoch, let issuedAt, let result)):
+                leaseRenewed(room, epoch: epoch, issuedAt: issuedAt, result)
             case .store(.handoverRequested(let room)):
                 if !shuttingDown { handOverRoom(room) }
             }
@@ -280,6 +293,10 @@ final class Shard {
             switch t.kind {
             case .room(let room, let token):
                 guard !room.isClosed, room.timerToken == token else { continue }
+                if !mayRun(room) {
+                    deferCallback(room, .timer)
+                    continue
+                }
                 if let failure = room.timer(self) { roomFailed(room, failure) }
                 drainPending()
             case .heartbeat:
@@ -313,6 +330,10 @@ final class Shard {
                 timers.schedule(at: now + Shard.nanos(config.leaseDuration / 3), .leases)
             case .leaseRetry(let room):
                 if !shuttingDown { retryLease(room) }
+            case .saveRetry(let room):
+                retrySave(room)
+            case .revalidateRetry(let room):
+                retryRevalidation(room)
             }
         }
     }

@@ -18,6 +18,10 @@ enum TimerKind {
     case leases
     /// Asks again for the lease of a room another node owns (clients are waiting for it).
     case leaseRetry(room: String)
+    /// Sends a durable room's state again after a save failed while its frames wait.
+    case saveRetry(Room)
+    /// Asks again whether a room's lease is still this node's (its callbacks wait).
+    case revalidateRetry(Room)
 }
 
 /// One pending timer; ordered by deadline, then by insertion.

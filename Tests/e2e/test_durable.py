@@ -28,10 +28,13 @@ def free_port() -> int:
 
 
 class Redis:
-    """A private redis-server on 127.0.0.1."""
+    """A private redis-server on 127.0.0.1. With ``directory``, every write is appended to a file
+    there and fsynced before Redis answers (``appendfsync always``), so a restart, even after
+    SIGKILL, finds everything it acknowledged; without, it keeps nothing."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, directory: Path | None = None):
         self.port = port or free_port()
+        self.directory = directory
         self.proc: subprocess.Popen | None = None
         self.start()
 
@@ -40,8 +43,10 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self) -> None:
+        persistence = (["--dir", str(self.directory), "--appendonly", "yes", "--appendfsync", "always"]
+                       if self.directory else ["--appendonly", "no"])
         self.proc = subprocess.Popen([REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                                      "--appendonly", "no", "--loglevel", "warning"],
+                                      *persistence, "--loglevel", "warning"],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -185,40 +190,66 @@ def test_a_bad_store_url_is_refused(server_binary_path):
     assert "--store" in proc.stderr and "redis://HOST:PORT[/DB]" in proc.stderr
 
 
-def test_losing_redis_keeps_rooms_serving_and_nothing_is_dropped(server_factory, redis):
-    server = server_factory("--store", redis.url, "--snapshot-interval", "0.2", service="counter")
+def test_losing_redis_holds_answers_until_the_state_is_stored_and_loses_nothing(server_factory, tmp_path):
+    redis = Redis(directory=tmp_path)
+    try:
+        server = server_factory("--store", redis.url, "--snapshot-interval", "0.2", service="counter")
 
-    async def while_connected():
-        async with websockets.connect(server.ws_url("keep")) as ws:
-            for i in (1, 2):
+        async def while_connected():
+            async with websockets.connect(server.ws_url("keep")) as ws:
+                for i in (1, 2):
+                    await ws.send("increment")
+                    await expect(ws, f"new value: {i}")
+                redis.kill()
+                # The room takes the message, but its answer waits until the new value is stored.
                 await ws.send("increment")
-                await expect(ws, f"new value: {i}")
-            redis.kill()
-            # The open room lives on in memory: its clients notice nothing.
-            await ws.send("increment")
-            await expect(ws, "new value: 3")
+                with pytest.raises(asyncio.TimeoutError):
+                    await asyncio.wait_for(ws.recv(), 1.5)
+                # A room the store cannot be asked about is refused with 503, not started blank.
+                with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+                    async with websockets.connect(server.ws_url("brand-new")):
+                        pass
+                assert refused.value.response.status_code == 503
+                # Redis comes back with what it acknowledged: the answer goes out, nothing lost.
+                redis.start()
+                await expect(ws, "new value: 3", timeout=15)
+                await ws.send("increment")
+                await expect(ws, "new value: 4")
 
-    run(while_connected())
-    # It emptied and its snapshot could not be stored: held in memory, and counted.
-    wait_metric(server, "stateroom_store_errors_total", lambda v: v >= 1)
-    wait_metric(server, "stateroom_room_snapshots_unsaved", lambda v: v == 1)
-    # A client now finds the room from what is held, not a fresh one.
-    run(increment(server.ws_url("keep"), 1, 4))
+        run(while_connected())
+        wait_metric(server, "stateroom_store_errors_total", lambda v: v >= 1)
+        wait_metric(server, "stateroom_frames_gated_total", lambda v: v >= 4)
+        assert "its clients' answers wait, retrying" in server.stderr_text()
+        wait_metric(server, "stateroom_rooms_hibernated_total", lambda v: v >= 1)
+        server.stop()
+        again = server_factory("--store", redis.url, service="counter")
+        run(increment(again.ws_url("keep"), 1, 5))
+    finally:
+        redis.kill()
 
-    # A room the store cannot be asked about is refused with 503, not started blank.
-    async def new_room():
-        with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
-            async with websockets.connect(server.ws_url("brand-new")):
-                pass
-        assert refused.value.response.status_code == 503
-    run(new_room())
-    # Redis returns (empty: it kept nothing): the held snapshot is stored on the next interval.
-    redis.start()
-    wait_metric(server, "stateroom_room_snapshots_unsaved", lambda v: v == 0, timeout=15)
-    assert redis.cli("EXISTS", "stateroom:room:keep") == "1"
-    server.stop()
-    again = server_factory("--store", redis.url, service="counter")
-    run(increment(again.ws_url("keep"), 1, 5))
+
+def test_a_room_emptied_while_redis_is_gone_is_held_and_stored_when_it_returns(server_factory, tmp_path):
+    redis = Redis(directory=tmp_path)
+    try:
+        server = server_factory("--store", redis.url, "--snapshot-interval", "0.2", service="chat")
+
+        async def scenario():
+            async with websockets.connect(server.ws_url("held")) as ws:
+                await expect(ws, "Welcome, client1!")
+                redis.kill()
+            # The room empties with Redis gone: its last state (client1 left) cannot be stored.
+        run(scenario())
+        wait_metric(server, "stateroom_room_snapshots_unsaved", lambda v: v == 1)
+        redis.start()
+        wait_metric(server, "stateroom_room_snapshots_unsaved", lambda v: v == 0, timeout=15)
+        assert redis.cli("EXISTS", "stateroom:room:held") == "1"
+
+        async def back():
+            async with websockets.connect(server.ws_url("held")) as ws:
+                await expect(ws, "Welcome, client2!")  # client ids go on: the room was restored
+        run(back())
+    finally:
+        redis.kill()
 
 
 # -- several nodes -------------------------------------------------------------------------
