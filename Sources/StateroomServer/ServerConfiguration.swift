@@ -62,12 +62,16 @@ public struct ServerConfiguration: Sendable {
     /// memory, rooms that changed are saved every ``snapshotInterval`` seconds and on shutdown,
     /// and a room's next client finds it restored. Only services that can be snapshotted (native
     /// ``SnapshottableService``s, wasm modules) are saved; others live in memory as without it.
+    /// What a durable room sends waits until the state it came from is stored, and each lease is
+    /// fenced by an epoch (a node that lost a room can neither serve nor save it).
     /// The server refuses to start when the store does not answer. nil: rooms live in memory.
     public var store: RedisEndpoint?
-    /// Seconds between saves of the rooms that changed (bounds what a crash can lose).
+    /// Seconds between saves of the rooms that changed without sending anything (answers are
+    /// stored before they go out; this bounds what a crash can lose of the rest).
     public var snapshotInterval: Double = 5
     /// Seconds a durable room's lease lives unless renewed (it is renewed three times as often):
-    /// after a node dies, its rooms come back on another node within this time.
+    /// after a node dies or freezes, its rooms come back on another node within this time. A node
+    /// counts on its lease for nine tenths of it after the command that set it was issued.
     public var leaseDuration: Double = 5
     /// This node's name in leases (default: host name, process id and a random part).
     public var nodeId: String?

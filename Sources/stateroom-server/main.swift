@@ -78,9 +78,9 @@ struct StateroomServerCommand: ParsableCommand {
     var upgradeBurstPerIp = 0
     @Option(help: "Clients in one room (0: no limit); beyond it 503.")
     var maxClientsPerRoom = 0
-    @Option(help: "Keep rooms in this Redis (redis://HOST:PORT[/DB]): a room that empties is saved and dropped from memory, rooms that changed are saved every --snapshot-interval seconds and on shutdown, and come back on their next client. The server does not start if it does not answer.")
+    @Option(help: "Keep rooms in this Redis (redis://HOST:PORT[/DB]): a room that empties is saved and dropped from memory, rooms that changed are saved every --snapshot-interval seconds and on shutdown, and come back on their next client; what a room sends waits until the state it came from is stored, under a fenced lease. The server does not start if it does not answer.")
     var store: String?
-    @Option(help: "With --store: seconds between saves of the rooms that changed (bounds what a crash can lose).")
+    @Option(help: "With --store: seconds between saves of the rooms that changed without sending anything (answers are stored before they go out).")
     var snapshotInterval: Double = 5
     @Option(help: "With --store: seconds a room's lease (one owner node per room) lives unless renewed; a dead node's rooms come back elsewhere within it.")
     var leaseDuration: Double = 5
