@@ -10,8 +10,19 @@ PORT ?= 8080
 run: deps build
 	$(SERVER) --port $(PORT) --service counter
 
+# Every product in one invocation with one set of settings: building products one at a time makes
+# SwiftPM plan each differently and recompile shared modules (WasmKit) on every switch, so
+# `make run` after `make test` would rebuild for minutes. `make no-rebuild` (in `make test`)
+# checks that a second build compiles nothing.
 build:
-	$(SWIFT) build -c release --product stateroom-server
+	$(SWIFT) build -c release
+
+.PHONY: no-rebuild
+no-rebuild:
+	@out="$$($(SWIFT) build -c release 2>&1)" || { echo "$$out"; exit 1; }; \
+	if echo "$$out" | grep -v "Compiling plugin" | grep -q "Compiling"; then \
+		echo "$$out"; echo "a second 'swift build -c release' recompiled the modules above"; exit 1; \
+	fi; echo "no-rebuild: a second build compiles nothing"
 
 # System packages (apt) and the Python test clients (PyPI). As root they are installed;
 # otherwise the exact command to run is printed.
@@ -30,7 +41,7 @@ deps:
 	@$(PYTHON) -c "import websockets, pytest, jwt, cryptography" 2>/dev/null || \
 		$(PYTHON) -m pip install -q --disable-pip-version-check -r Tests/e2e/requirements.txt
 
-test: deps build examples unit-test e2e-test
+test: deps build no-rebuild examples unit-test e2e-test
 
 unit-test:
 	$(SWIFT) test
@@ -51,7 +62,6 @@ bench:
 	cd Benchmarks && $(SWIFT) package benchmark
 
 bench-compare: build
-	$(SWIFT) build -c release --product stateroom-bench
 	@dpkg-query -W -f='$${Status}' libuv1 2>/dev/null | grep -q "ok installed" || apt-get install -y -qq libuv1
 	@$(PYTHON) -c "import socketify" 2>/dev/null || $(PYTHON) -m pip install -q --disable-pip-version-check socketify
 	taskset -c 1 .build/release/stateroom-bench --scenario all --compare ours --rounds 3 --chart bench-latency.svg
@@ -83,8 +93,7 @@ floor: deps
 # times and the per-message cost of each example compiled to wasm vs natively.
 STATEROOM_CLI := .build/release/stateroom
 .PHONY: examples guest-bench
-examples:
-	$(SWIFT) build -c release --product stateroom
+examples: build
 	@for d in Examples/*/; do [ -f $$d/Package.swift ] || $(STATEROOM_CLI) build --release --path $$d || exit 1; done
 
 guest-bench: examples

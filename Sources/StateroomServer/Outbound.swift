@@ -24,7 +24,9 @@ extension Shard: RoomHost {
     }
 
     /// Queues `frame` (a message frame; the caller keeps its reference) to the members
-    /// `recipient` names, compressed for those that agreed to it.
+    /// `recipient` names, compressed for those that agreed to it. Inlined, so the per-recipient
+    /// enqueue is specialized here as it is in ``send(_:to:in:)``.
+    @inline(__always)
     func fanOutNow(_ frame: FrameBuffer, to recipient: MessageRecipient, in room: Room) {
         if room.deflateMembers > 0 {
             pool.withMessage(of: frame) { fanOutCompressing($0, plain: frame, to: recipient, in: room) }

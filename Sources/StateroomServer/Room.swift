@@ -112,6 +112,7 @@ final class Room {
 
     /// Hands one reference of `frame` to each member `recipient` names (`frame` is retained for
     /// each; the caller's own reference is untouched), without retaining the members.
+    @inline(__always)
     func fanOut(_ frame: FrameBuffer, to recipient: MessageRecipient, pool: FramePool,
                 _ enqueue: (Connection, FrameBuffer) -> Void) {
         switch recipient {
