@@ -110,6 +110,33 @@ struct RedisStoreTests {
         #expect(seen.withLock { $0 } == Array(1...200))
     }
 
+    @Test func anErrorReplyInAPipelineFailsThatCommandOnly() throws {
+        let redis = try RedisProcess()
+        let store = RedisStore(RedisEndpoint(host: "127.0.0.1", port: redis.port))
+        defer { store.stop() }
+        try store.ping()
+        // Queued together, so they go out as one pipeline.
+        let results = Locked<[Int: Result<RedisReply, StoreError>]>([:])
+        let done = DispatchSemaphore(value: 0)
+        let commands: [[String]] = [["SET", "k", "text"], ["INCR", "k"], ["GET", "k"], ["INCR", "n"]]
+        for (i, c) in commands.enumerated() {
+            store.command(c.map { Array($0.utf8) }) { r in
+                results.withLock { $0[i] = r }
+                done.signal()
+            }
+        }
+        for _ in commands { done.wait() }
+        let r = results.withLock { $0 }
+        #expect(r[0] == .success(.status("OK")))
+        guard case .failure(let e) = r[1] else {
+            Issue.record("INCR of text succeeded")
+            return
+        }
+        #expect(e.description.hasPrefix("Redis: ERR"))
+        #expect(r[2] == .success(.bytes(Array("text".utf8))))
+        #expect(r[3] == .success(.integer(1)))
+    }
+
     @Test func anUnreachableServerIsAClearErrorAtOnceAndNeverAHang() throws {
         let port = try RedisProcess.freePort()  // nothing listens there
         let store = RedisStore(RedisEndpoint(host: "127.0.0.1", port: port), timeout: 1, retryInterval: 60)

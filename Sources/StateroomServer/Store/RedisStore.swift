@@ -79,6 +79,9 @@ public enum RedisReply: Equatable, Sendable {
 /// connection per process keeps Redis's client count small; and a slow or lost Redis then stalls
 /// only this thread, bounded by the command timeout, never a shard's loop.
 ///
+/// Commands queued while the thread was busy go out together as one pipeline (one write, the
+/// replies read in order), so many rooms' saves cost one round trip and one wake-up.
+///
 /// A lost connection fails the command that found it (counted in ``failures``) and is made again
 /// by the next command, at most once per ``retryInterval``: while Redis is down, commands fail
 /// fast instead of queueing behind connect timeouts, and nothing spins.
@@ -187,40 +190,48 @@ public final class RedisStore: Sendable {
         }
         while true {
             wake.wait()
-            let job = queue.withLock { q -> Job? in
-                q.stopped ? nil : (q.jobs.isEmpty ? nil : q.jobs.removeFirst())
+            // Everything queued goes out as one pipeline: one write, then the replies in order
+            // (commands from many rooms cost one round trip and one wake-up, not one each).
+            let jobs = queue.withLock { q -> [Job] in
+                if q.stopped { return [] }
+                defer { q.jobs.removeAll(keepingCapacity: true) }
+                return q.jobs
             }
-            guard let job else {
+            if jobs.isEmpty {
                 if queue.withLock({ $0.stopped }) { return }
                 continue
             }
+            // The semaphore was signalled once per job: take back the signals of those drained here.
+            for _ in 1..<jobs.count { _ = wake.wait(timeout: .now()) }
             if connection == nil {
                 let now = Double(monotonicNanos()) / 1e9
                 if now - lastAttempt < retryInterval {
-                    fail(job, "\(endpoint): unreachable (retrying every \(retryInterval) s)")
+                    for job in jobs { fail(job, "\(endpoint): unreachable (retrying every \(retryInterval) s)") }
                     continue
                 }
                 lastAttempt = now
                 switch connect() {
                 case .success(let c): connection = c
                 case .failure(let e):
-                    fail(job, e.description)
+                    for job in jobs { fail(job, e.description) }
                     continue
                 }
             }
-            let result = execute(job.arguments, on: connection!)
-            if case .failure = result {
+            let results = execute(jobs.map(\.arguments), on: connection!)
+            if sr_redis_err(UnsafeMutablePointer(connection!)) != 0 {
                 // The connection may be half-way through a reply: never reuse it after an error
                 // that is not a plain error reply.
-                if sr_redis_err(UnsafeMutablePointer(connection!)) != 0 {
-                    redisFree(UnsafeMutablePointer(connection!))
-                    connection = nil
-                }
-                failureCount.add(1, ordering: .relaxed)
-            } else {
-                commandCount.add(1, ordering: .relaxed)
+                redisFree(UnsafeMutablePointer(connection!))
+                connection = nil
             }
-            job.completion(result)
+            for (job, result) in zip(jobs, results) {
+                if case .failure = result {
+                    failureCount.add(1, ordering: .relaxed)
+                } else {
+                    commandCount.add(1, ordering: .relaxed)
+                }
+                job.completion(result)
+            }
         }
     }
 
@@ -256,12 +267,26 @@ public final class RedisStore: Sendable {
     }
 
     private func execute(_ arguments: [[UInt8]], on connection: OpaquePointer) -> Result<RedisReply, StoreError> {
+        execute([arguments], on: connection)[0]
+    }
+
+    /// Sends `commands` as one pipeline and reads their replies in order; once the connection
+    /// fails, that command and every later one fail with its error.
+    private func execute(_ commands: [[[UInt8]]], on connection: OpaquePointer) -> [Result<RedisReply, StoreError>] {
         let c = UnsafeMutablePointer<redisContext>(connection)
-        guard let raw = sendCommand(c, arguments) else {
-            return .failure(StoreError("\(endpoint): \(String(cString: sr_redis_errstr(c)))"))
+        for arguments in commands { appendCommand(c, arguments) }
+        var results: [Result<RedisReply, StoreError>] = []
+        results.reserveCapacity(commands.count)
+        for _ in commands {
+            var raw: UnsafeMutableRawPointer?
+            guard sr_redis_err(c) == 0, redisGetReply(c, &raw) == REDIS_OK, let raw else {
+                results.append(.failure(StoreError("\(endpoint): \(String(cString: sr_redis_errstr(c)))")))
+                continue
+            }
+            results.append(Self.convert(raw.assumingMemoryBound(to: redisReply.self)))
+            freeReplyObject(raw)
         }
-        defer { freeReplyObject(raw) }
-        return Self.convert(raw.assumingMemoryBound(to: redisReply.self))
+        return results
     }
 
     private static func convert(_ r: UnsafeMutablePointer<redisReply>) -> Result<RedisReply, StoreError> {
@@ -292,9 +317,21 @@ public final class RedisStore: Sendable {
     }
 }
 
+/// Copies `arguments` into the context's output buffer as one command (sent by the next read of
+/// a reply). Arguments go with their lengths, so they are binary-safe.
+private func appendCommand(_ c: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) {
+    withArgv(arguments) { count, argv, lengths in _ = redisAppendCommandArgv(c, count, argv, lengths) }
+}
+
 /// Sends `arguments` as one command and reads its reply (nil when the connection failed; the
-/// caller frees the reply). Arguments go with their lengths, so they are binary-safe.
+/// caller frees the reply).
 private func sendCommand(_ c: UnsafeMutablePointer<redisContext>, _ arguments: [[UInt8]]) -> UnsafeMutableRawPointer? {
+    withArgv(arguments) { count, argv, lengths in redisCommandArgv(c, count, argv, lengths) }
+}
+
+/// hiredis's argv form of `arguments`, for the duration of `body`.
+private func withArgv<R>(_ arguments: [[UInt8]],
+                         _ body: (Int32, UnsafeMutablePointer<UnsafePointer<CChar>?>?, UnsafePointer<Int>?) -> R) -> R {
     let lengths = arguments.map { $0.count }
     // Each argument copied to memory of its own: an empty one still needs a pointer.
     let copies: [UnsafeMutablePointer<CChar>] = arguments.map { a in
@@ -307,7 +344,7 @@ private func sendCommand(_ c: UnsafeMutablePointer<redisContext>, _ arguments: [
     defer { for p in copies { p.deallocate() } }
     var pointers: [UnsafePointer<CChar>?] = copies.map { UnsafePointer($0) }
     return pointers.withUnsafeMutableBufferPointer { argv in
-        lengths.withUnsafeBufferPointer { redisCommandArgv(c, Int32(arguments.count), argv.baseAddress, $0.baseAddress) }
+        lengths.withUnsafeBufferPointer { body(Int32(arguments.count), argv.baseAddress, $0.baseAddress) }
     }
 }
 
