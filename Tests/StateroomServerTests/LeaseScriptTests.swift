@@ -113,6 +113,7 @@ struct LeaseScriptTests {
     }
 
     @Test func storedRoomsOfFormatOneReadAsEpochZero() throws {
+        defer { store.stop() }
         var w = SnapshotWriter()
         w.write(UInt32(1))
         w.write(UInt32(4))
@@ -123,6 +124,5 @@ struct LeaseScriptTests {
         let now = StoredRoom(nextClientId: 4, service: old.service, epoch: 1 << 40)
         #expect(try StoredRoom(decoding: now.encoded()) == now)
         #expect(now.sameState(as: old))
-        store.stop()
     }
 }
