@@ -14,7 +14,7 @@ import time
 import pytest
 import websockets
 
-from test_durable import Redis, expect, free_port, increment, run, wait_metric
+from test_durable import Redis, expect, free_port, increment, run, swift_counter, wait_metric  # noqa: F401 (a fixture)
 
 LEASE = ["--lease-duration", "1", "--snapshot-interval", "0.2"]
 
@@ -89,6 +89,27 @@ def test_an_owner_paused_past_its_lease_serves_nothing_stale_and_overwrites_noth
     run(scenario())
     wait_metric(a, "stateroom_rooms_fenced_total", lambda v: v >= 1)
     wait_metric(a, "stateroom_lease_revalidations_total", lambda v: v >= 1)
+
+
+def test_a_paused_wasm_owner_is_fenced_like_a_native_one(server_factory, redis, swift_counter):
+    # A Swift-built counter module: its rooms' state is the guest's memory image.
+    a, b = (server_factory("--store", redis.url, *LEASE, "--wasm", str(swift_counter)) for _ in range(2))
+
+    async def scenario():
+        x = await websockets.connect(a.ws_url("guest"))
+        await counted(x, 1, 3)
+        with Frozen(a):
+            await asyncio.sleep(1.6)
+            async with websockets.connect(b.ws_url("guest"), open_timeout=15) as y:
+                await counted(y, 4, 6)
+            await asyncio.to_thread(wait_metric, b, "stateroom_rooms_hibernated_total", lambda v: v >= 1)
+        await x.send("increment")
+        assert await closed_with(x, 1012) == []
+        async with websockets.connect(a.ws_url("guest"), open_timeout=15) as z:
+            await counted(z, 7, 7)
+
+    run(scenario())
+    wait_metric(a, "stateroom_rooms_fenced_total", lambda v: v >= 1)
 
 
 def test_an_owner_paused_while_asked_to_hand_over_cannot_save_when_it_wakes(server_factory, redis):
