@@ -238,3 +238,34 @@ def test_a_node_cut_off_from_redis_past_its_lease_holds_its_answers(server_facto
             assert a.metric("stateroom_rooms_fenced_total") == 0
     finally:
         proxy.stop()
+
+
+def test_a_room_waiting_for_its_lease_holds_at_most_a_megabyte_and_says_1013(server_factory, redis):
+    proxy = CuttableProxy(redis.port)
+    try:
+        # Messages of up to 64 KiB: the room holds at most 1 MiB of them while it waits.
+        a = server_factory("--store", f"redis://127.0.0.1:{proxy.port}", *LEASE, "--max-message-size", "65536",
+                           service="counter")
+
+        async def scenario():
+            async with websockets.connect(a.ws_url("flood"), max_size=None) as x, \
+                       websockets.connect(a.ws_url("flood")) as quiet:
+                await counted(x, 1, 1)
+                await expect(quiet, "new value: 1")
+                proxy.cut()
+                await asyncio.sleep(1.2)  # past the lease: the room's callbacks wait
+                chunk = "x" * 60_000
+                with pytest.raises(websockets.exceptions.ConnectionClosed) as closed:
+                    for _ in range(40):  # 2.4 MB, more than the room holds while it waits
+                        await x.send(chunk)
+                    await asyncio.wait_for(x.recv(), 10)
+                assert closed.value.rcvd is not None and closed.value.rcvd.code == 1013
+                # The room and its other client go on once the store is back.
+                proxy.restore()
+                await quiet.send("increment")
+                await expect(quiet, "new value: 2", timeout=15)
+
+        run(scenario())
+        a.assert_alive()
+    finally:
+        proxy.stop()

@@ -1,3 +1,4 @@
+import DequeModule
 import IOCore
 import Stateroom
 
@@ -28,8 +29,9 @@ final class RoomLease {
     /// A renewal asked for because the lease may have run out; callbacks wait for its answer.
     var revalidating = false
     /// Callbacks that wait for the lease to be confirmed, oldest first.
-    var deferred: [DeferredCallback] = []
-    /// Bytes of the messages in ``deferred``.
+    var deferred = Deque<DeferredCallback>()
+    /// What the messages in ``deferred`` count against ``Shard/deferredBytesCap``: their bytes,
+    /// at least 64 each (a flood of empty messages is bounded too).
     var deferredBytes = 0
 
     /// Frames sent by the room, waiting for the save that covers them (oldest first).
@@ -49,6 +51,9 @@ final class RoomLease {
 
     /// A frame's version before the end of its turn: covered by the turn's commit.
     static let uncommitted = UInt64.max
+
+    /// What a waiting message counts against the cap.
+    static func deferredCost(_ payload: MessagePayload) -> Int { max(payload.count, 64) }
 
     init(epoch: UInt64, validUntil: UInt64) {
         self.epoch = epoch
@@ -96,18 +101,20 @@ extension Shard {
     func deferCallback(_ room: Room, _ callback: DeferredCallback, from conn: Connection? = nil) {
         guard let lease = room.lease else { return }
         if case .message(_, let payload) = callback {
-            if lease.deferredBytes + payload.count > deferredBytesCap {
+            let cost = RoomLease.deferredCost(payload)
+            if lease.deferredBytes + cost > deferredBytesCap {
                 if let conn { closeWebSocket(conn, .tryAgainLater, reason: "room is waiting for its store") }
                 return
             }
-            lease.deferredBytes += payload.count
+            lease.deferredBytes += cost
         }
         count(.callbacksDeferred)
         lease.deferred.append(callback)
     }
 
     /// Most message bytes a room holds while its lease is re-validated.
-    var deferredBytesCap: Int { max(1 << 20, 4 * config.maxMessageSize) }
+    /// (1 MiB, or one message of the largest size accepted if that is more.)
+    var deferredBytesCap: Int { max(1 << 20, config.maxMessageSize) }
 
     /// Hands a client's message to its room's service, or queues it while the lease is checked.
     @inline(__always)
@@ -138,7 +145,7 @@ extension Shard {
             switch next {
             case .connect(let id): failure = room.connect(id, self)
             case .message(let id, let payload):
-                lease.deferredBytes -= payload.count
+                lease.deferredBytes -= RoomLease.deferredCost(payload)
                 failure = room.message(id, payload, self)
             case .disconnect(let id):
                 failure = room.disconnect(id, self)
