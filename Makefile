@@ -11,11 +11,12 @@ run: deps build
 	$(SERVER) --port $(PORT) --service counter
 
 # Every product in one invocation with one set of settings: building products one at a time makes
-# SwiftPM plan each differently and recompile shared modules (WasmKit) on every switch, so
-# `make run` after `make test` would rebuild for minutes. On a fresh checkout (SwiftPM 6.3) the
-# invocation after the first plans the build again and recompiles WasmKit once; the second
-# invocation here takes that hit, and is a no-op from then on. `make no-rebuild` (in `make test`)
-# checks that one more build compiles nothing.
+# SwiftPM plan each differently and recompile shared modules (WasmKit) on every switch. SwiftPM 6.3
+# still re-plans now and then (on a fresh checkout the invocation after the first, after a debug
+# build or `swift test`, at times twice in a row) and then recompiles WasmKit (about a minute);
+# the second invocation here takes that hit where it is due. `make no-rebuild` reports whether one
+# more release build compiles anything; it is not part of `make test`, since the re-planning is not
+# predictable enough to fail a run on.
 build:
 	$(SWIFT) build -c release
 	$(SWIFT) build -c release
@@ -24,8 +25,8 @@ build:
 no-rebuild:
 	@out="$$($(SWIFT) build -c release 2>&1)" || { echo "$$out"; exit 1; }; \
 	if echo "$$out" | grep -v "Compiling plugin" | grep -q "Compiling"; then \
-		echo "$$out"; echo "a second 'swift build -c release' recompiled the modules above"; exit 1; \
-	fi; echo "no-rebuild: a second build compiles nothing"
+		echo "$$out"; echo "one more 'swift build -c release' recompiled the modules above"; exit 1; \
+	fi; echo "no-rebuild: one more build compiles nothing"
 
 # System packages (apt) and the Python test clients (PyPI). As root they are installed;
 # otherwise the exact command to run is printed.
@@ -44,7 +45,7 @@ deps:
 	@$(PYTHON) -c "import websockets, pytest, jwt, cryptography" 2>/dev/null || \
 		$(PYTHON) -m pip install -q --disable-pip-version-check -r Tests/e2e/requirements.txt
 
-test: deps build no-rebuild examples unit-test e2e-test
+test: deps build examples unit-test e2e-test
 
 unit-test:
 	$(SWIFT) test
