@@ -85,6 +85,14 @@ def redis():
     r.kill()
 
 
+@pytest.fixture
+def persistent_redis(tmp_path):
+    """A redis-server that keeps what it acknowledged across a restart (append-only file)."""
+    r = Redis(directory=tmp_path)
+    yield r
+    r.kill()
+
+
 def run(coro, timeout: float = 60):
     return asyncio.run(asyncio.wait_for(coro, timeout))
 
@@ -190,67 +198,59 @@ def test_a_bad_store_url_is_refused(server_binary_path):
     assert "--store" in proc.stderr and "redis://HOST:PORT[/DB]" in proc.stderr
 
 
-def test_losing_redis_holds_answers_until_the_state_is_stored_and_loses_nothing(server_factory, tmp_path):
-    redis = Redis(directory=tmp_path)
-    try:
-        server = server_factory("--store", redis.url, "--snapshot-interval", "0.2", service="counter")
+def test_losing_redis_holds_answers_until_the_state_is_stored_and_loses_nothing(server_factory, persistent_redis):
+    redis = persistent_redis
+    server = server_factory("--store", redis.url, "--snapshot-interval", "0.2", service="counter")
 
-        async def while_connected():
-            async with websockets.connect(server.ws_url("keep")) as ws:
-                for i in (1, 2):
-                    await ws.send("increment")
-                    await expect(ws, f"new value: {i}")
-                redis.kill()
-                # The room takes the message, but its answer waits until the new value is stored.
+    async def while_connected():
+        async with websockets.connect(server.ws_url("keep")) as ws:
+            for i in (1, 2):
                 await ws.send("increment")
-                with pytest.raises(asyncio.TimeoutError):
-                    await asyncio.wait_for(ws.recv(), 1.5)
-                # A room the store cannot be asked about is refused with 503, not started blank.
-                with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
-                    async with websockets.connect(server.ws_url("brand-new")):
-                        pass
-                assert refused.value.response.status_code == 503
-                # Redis comes back with what it acknowledged: the answer goes out, nothing lost.
-                redis.start()
-                await expect(ws, "new value: 3", timeout=15)
-                await ws.send("increment")
-                await expect(ws, "new value: 4")
+                await expect(ws, f"new value: {i}")
+            redis.kill()
+            # The room takes the message, but its answer waits until the new value is stored.
+            await ws.send("increment")
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(ws.recv(), 1.5)
+            # A room the store cannot be asked about is refused with 503, not started blank.
+            with pytest.raises(websockets.exceptions.InvalidStatus) as refused:
+                async with websockets.connect(server.ws_url("brand-new")):
+                    pass
+            assert refused.value.response.status_code == 503
+            # Redis comes back with what it acknowledged: the answer goes out, nothing lost.
+            redis.start()
+            await expect(ws, "new value: 3", timeout=15)
+            await ws.send("increment")
+            await expect(ws, "new value: 4")
 
-        run(while_connected())
-        wait_metric(server, "stateroom_store_errors_total", lambda v: v >= 1)
-        wait_metric(server, "stateroom_frames_gated_total", lambda v: v >= 4)
-        assert "its clients' answers wait, retrying" in server.stderr_text()
-        wait_metric(server, "stateroom_rooms_hibernated_total", lambda v: v >= 1)
-        server.stop()
-        again = server_factory("--store", redis.url, service="counter")
-        run(increment(again.ws_url("keep"), 1, 5))
-    finally:
-        redis.kill()
+    run(while_connected())
+    wait_metric(server, "stateroom_store_errors_total", lambda v: v >= 1)
+    wait_metric(server, "stateroom_frames_gated_total", lambda v: v >= 4)
+    assert "its clients' answers wait, retrying" in server.stderr_text()
+    wait_metric(server, "stateroom_rooms_hibernated_total", lambda v: v >= 1)
+    server.stop()
+    again = server_factory("--store", redis.url, service="counter")
+    run(increment(again.ws_url("keep"), 1, 5))
 
+def test_a_room_emptied_while_redis_is_gone_is_held_and_stored_when_it_returns(server_factory, persistent_redis):
+    redis = persistent_redis
+    server = server_factory("--store", redis.url, "--snapshot-interval", "0.2", service="chat")
 
-def test_a_room_emptied_while_redis_is_gone_is_held_and_stored_when_it_returns(server_factory, tmp_path):
-    redis = Redis(directory=tmp_path)
-    try:
-        server = server_factory("--store", redis.url, "--snapshot-interval", "0.2", service="chat")
+    async def scenario():
+        async with websockets.connect(server.ws_url("held")) as ws:
+            await expect(ws, "Welcome, client1!")
+            redis.kill()
+        # The room empties with Redis gone: its last state (client1 left) cannot be stored.
+    run(scenario())
+    wait_metric(server, "stateroom_room_snapshots_unsaved", lambda v: v == 1)
+    redis.start()
+    wait_metric(server, "stateroom_room_snapshots_unsaved", lambda v: v == 0, timeout=15)
+    assert redis.cli("EXISTS", "stateroom:room:held") == "1"
 
-        async def scenario():
-            async with websockets.connect(server.ws_url("held")) as ws:
-                await expect(ws, "Welcome, client1!")
-                redis.kill()
-            # The room empties with Redis gone: its last state (client1 left) cannot be stored.
-        run(scenario())
-        wait_metric(server, "stateroom_room_snapshots_unsaved", lambda v: v == 1)
-        redis.start()
-        wait_metric(server, "stateroom_room_snapshots_unsaved", lambda v: v == 0, timeout=15)
-        assert redis.cli("EXISTS", "stateroom:room:held") == "1"
-
-        async def back():
-            async with websockets.connect(server.ws_url("held")) as ws:
-                await expect(ws, "Welcome, client2!")  # client ids go on: the room was restored
-        run(back())
-    finally:
-        redis.kill()
-
+    async def back():
+        async with websockets.connect(server.ws_url("held")) as ws:
+            await expect(ws, "Welcome, client2!")  # client ids go on: the room was restored
+    run(back())
 
 # -- several nodes -------------------------------------------------------------------------
 

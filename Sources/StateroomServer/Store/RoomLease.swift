@@ -204,12 +204,11 @@ extension Shard {
             if last.version <= lease.confirmed { release(gated: room, lease, through: last.version) }
             return
         }
-        let version = issueSave(room, lease, stored, release: false)
-        cover(lease, by: version)
+        issueSave(room, lease, stored, release: false)
     }
 
     /// Gives this turn's frames their save's version.
-    private func cover(_ lease: RoomLease, by version: UInt64) {
+    func cover(_ lease: RoomLease, by version: UInt64) {
         var i = lease.gated.count - 1
         while i >= 0 && lease.gated[i].version == RoomLease.uncommitted {
             lease.gated[i].version = version

@@ -33,11 +33,7 @@ extension Shard {
         lease.lastIssued = (stored, version)
         if !release { lease.inFlight = version }
         room.changedSinceSnapshot = false
-        var i = lease.gated.count - 1
-        while i >= 0 && lease.gated[i].version == RoomLease.uncommitted {
-            lease.gated[i].version = version
-            i -= 1
-        }
+        cover(lease, by: version)
         send(stored, of: room.id, version: version, release: release)
         return version
     }
