@@ -26,11 +26,18 @@ public protocol StateroomContext {
     /// (a verified token's `sub`, or the identity an ``UpgradePolicy`` accepted it with); nil for
     /// an anonymous client or one that is not in the room. Stable for the client's life in the room.
     func identity(of client: ClientId) -> String?
+    /// Whether `client` has a connection now: false while it is away in its seat's grace (it
+    /// dropped and may resume; the service has not had its `disconnect`), and for a client that
+    /// is not in the room. A presence list shows the difference.
+    func isConnected(_ client: ClientId) -> Bool
 }
 
 extension StateroomContext {
     /// No identities (contexts that have no authentication behind them).
     public func identity(of client: ClientId) -> String? { nil }
+
+    /// Every client counts as connected (contexts without seats behind them).
+    public func isConnected(_ client: ClientId) -> Bool { true }
 
     /// Sends a text message.
     public func send(_ text: String, to recipient: MessageRecipient) {

@@ -41,6 +41,8 @@ final class Connection {
     /// Bytes of a request head that arrived in pieces (empty on the fast path).
     @exclusivity(unchecked) var httpBuffer: [UInt8] = []
     @exclusivity(unchecked) var room: Room?
+    /// The seat the client holds, when it opted in to seats (``Seat``).
+    @exclusivity(unchecked) var seat: Seat?
     /// permessage-deflate, when the client agreed to it (nil for most connections).
     @exclusivity(unchecked) var deflate: ConnectionDeflate?
     /// How bytes cross the wire (``Transport``); set with ``setTLS(_:)`` and ``setPlain()``,

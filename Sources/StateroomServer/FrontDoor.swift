@@ -12,6 +12,8 @@ struct AcceptedUpgrade: Sendable {
     var identity: String?
     /// Its place in the server's connection counts (nil: no limit needs counting).
     var admission: AdmissionTicket?
+    /// What the client asked of seats (nil: it did not opt in).
+    var seat: SeatRequest?
 }
 
 /// Why an upgrade was refused before the 101 (each has its counter).
@@ -152,7 +154,7 @@ struct FrontDoor {
                 }
                 let upgrade = AcceptedUpgrade(
                     roomId: roomId, response: webSocketUpgradeResponse(accept: accept, headers: all), deflate: deflate?.0,
-                    identity: identity ?? request.identity, admission: ticket)
+                    identity: identity ?? request.identity, admission: ticket, seat: SeatRequest(request))
                 return .upgrade(upgrade, owner: ownerShard(of: roomId, shards: shards))
             case .refuse(let status, let headers, let body):
                 var all: [(String, String)] = [("Content-Type", "text/plain; charset=utf-8")]

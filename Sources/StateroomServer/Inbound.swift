@@ -190,7 +190,9 @@ extension Shard {
             case .pong:
                 break
             case .close(let code, _):
-                // Echo the client's code (an empty close is answered with an empty close).
+                // The client left: its seat ends. Echo its code (an empty close is answered with
+                // an empty close).
+                conn.seat?.endsOnLeave = true
                 closeWebSocket(conn, code.map { CloseCode(rawValue: $0) }, reason: "")
                 return
             case .protocolError(let code):

@@ -194,8 +194,13 @@ extension Shard {
             closeWebSocket(conn, .internalError, reason: "service failed")
             return false
         }
+        if case .resume(let token, let received) = accepted.seat,
+           resumeSeat(conn, token: token, received: received, identity: accepted.identity, in: opened.room) {
+            return true  // the service sees nothing: the client never left
+        }
         count(.webSocketsOpen)
         let id = opened.room.add(conn, identity: accepted.identity)
+        if accepted.seat != nil { giveSeat(conn, id, identity: accepted.identity, in: opened.room) }
         if !mayRun(opened.room) {
             deferCallback(opened.room, .connect(id))
         } else if let failure = opened.room.connect(id, self) {
@@ -213,33 +218,26 @@ extension Shard {
     /// `keepingHeld` (its last save's answer decides).
     func endRoom(_ room: Room, keepingHeld: Bool = false) {
         if !keepingHeld { discardHeld(room) }
+        dropSeats(of: room)
         if rooms.end(room) { count(.roomsActive, -1) }
     }
 
     /// Removes departed clients from their rooms and tells the services; ends empty and failed rooms.
     func drainPending() {
-        while !pendingLeaves.isEmpty || !failedRooms.isEmpty {
+        while !pendingLeaves.isEmpty || !failedRooms.isEmpty || !pendingSeatEnds.isEmpty {
             while let conn = pendingLeaves.popLast() {
                 guard let room = conn.room else { continue }
                 conn.room = nil
                 room.remove(conn)
                 releaseCompression(conn)
                 count(.webSocketsOpen, -1)
-                if room.isClosed { continue }
-                if !mayRun(room) {
-                    // Told once its lease is confirmed; the room ends after that if it is empty.
-                    deferCallback(room, .disconnect(conn.clientId))
-                    continue
-                }
-                let failure = room.disconnect(conn.clientId, self)
-                room.forgetIdentity(of: conn.clientId)
-                if let failure {
-                    roomFailed(room, failure)
-                    continue
-                }
-                // A failed room is ended below, with its log line. An empty room ends; a durable
-                // one is saved first: it hibernates until its next client.
-                hibernateIfEmpty(room)
+                if room.isClosed { conn.seat = nil; continue }
+                // A seat dropped without a close handshake is held: the service is not told.
+                if let seat = conn.seat, seatLeft(conn, seat, in: room) { continue }
+                serviceLost(conn.clientId, in: room)
+            }
+            while let (room, seat) = pendingSeatEnds.popLast() {
+                endHeldSeat(seat, in: room)
             }
             while let (room, failure) = failedRooms.popLast() {
                 guard !room.isClosed else { continue }
@@ -250,6 +248,24 @@ extension Shard {
                 for m in members { closeWebSocket(m, .internalError, reason: "room ended") }
             }
         }
+    }
+
+    /// Tells `room`'s service that `client` left (or queues that while its lease is checked); an
+    /// empty room then ends (a durable one is saved first: it hibernates until its next client).
+    func serviceLost(_ client: ClientId, in room: Room) {
+        if !mayRun(room) {
+            // Told once its lease is confirmed; the room ends after that if it is empty.
+            deferCallback(room, .disconnect(client))
+            return
+        }
+        let failure = room.disconnect(client, self)
+        room.forgetIdentity(of: client)
+        if let failure {
+            // Ended by drainPending, with its log line.
+            roomFailed(room, failure)
+            return
+        }
+        hibernateIfEmpty(room)
     }
 
     /// Serves new rooms from `factory` and ends every open room (clients are closed with 1012
@@ -269,11 +285,20 @@ extension Shard {
     /// Queues a close frame, leaves the room, and shuts the socket once the frame is out.
     func closeWebSocket(_ conn: Connection, _ code: CloseCode?, reason: String, grace: Double? = nil) {
         guard conn.state == .open else { return }
+        // The server's closes that ask the client to come back keep its seat; the others end it.
+        if let seat = conn.seat, !Self.keepsSeat(code) { seat.endsOnLeave = true }
         conn.state = .closing
         enqueue(conn, bytes: code.map { closeFrame($0, reason: reason) } ?? [0x88, 0x00])
         conn.closeAfterFlush = true
         scheduleLeave(conn)
         scheduleDeadline(conn, after: grace ?? config.closeTimeout)
+    }
+
+    /// Close codes after which a client is expected to reconnect: its seat is held. (1001 is
+    /// also a heartbeat timeout: a client that went silent.)
+    static func keepsSeat(_ code: CloseCode?) -> Bool {
+        guard let code else { return false }
+        return code == .goingAway || code == .serviceRestart || code == .tryAgainLater
     }
 
     func scheduleLeave(_ conn: Connection) {

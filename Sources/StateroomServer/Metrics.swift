@@ -17,6 +17,7 @@ final class ShardStats: Sendable {
         case upgradesRoomFull, acceptPauses
         case roomsSaved, roomsRestored, roomsHibernated, storeErrors, roomsUnsaved
         case roomsFenced, leaseRevalidations, callbacksDeferred, framesGated
+        case seatsHeld, seatBytesKept, resumesRecovered, resumesRefused, seatsExpired
 
         var name: String {
             switch self {
@@ -72,12 +73,18 @@ final class ShardStats: Sendable {
             case .leaseRevalidations: "stateroom_lease_revalidations_total"
             case .callbacksDeferred: "stateroom_callbacks_deferred_total"
             case .framesGated: "stateroom_frames_gated_total"
+            case .seatsHeld: "stateroom_seats_held"
+            case .seatBytesKept: "stateroom_seat_bytes_kept"
+            case .resumesRecovered: "stateroom_resumes_recovered_total"
+            case .resumesRefused: "stateroom_resumes_refused_total"
+            case .seatsExpired: "stateroom_seats_expired_total"
             }
         }
 
         var isGauge: Bool {
             self == .connectionsOpen || self == .webSocketsOpen || self == .roomsActive || isPerShard
                 || self == .deflateWebSockets || self == .inflateMemoryBytes || self == .roomsUnsaved
+                || self == .seatsHeld || self == .seatBytesKept
         }
 
         /// A shard's own state, with no meaningful sum: rendered per shard only.

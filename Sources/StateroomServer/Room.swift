@@ -36,6 +36,9 @@ final class Room {
     var changedSinceSnapshot = false
     /// A durable room's lease, waiting callbacks and output gate (nil: the room is not durable).
     var lease: RoomLease?
+    /// Its seats and message log, while a client that opted in to seats is in it or away in its
+    /// grace (nil: none; the send path then does nothing for seats).
+    var seats: RoomSeats?
     /// The identities members joined with (only members that have one).
     private var identities: [UInt32: String] = [:]
     /// Members that agreed to permessage-deflate (a broadcast is compressed only if there are any).
@@ -73,6 +76,21 @@ final class Room {
         members.append(conn)
         memberIds.append(id.rawValue)
         return id
+    }
+
+    /// Makes `conn` a member under the id of the seat it resumed (ids are kept in order).
+    func insert(_ conn: Connection, as id: ClientId) {
+        conn.room = self
+        conn.clientId = id
+        if conn.deflate != nil { deflateMembers += 1 }
+        var lo = 0
+        var hi = memberIds.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if memberIds[mid] < id.rawValue { lo = mid + 1 } else { hi = mid }
+        }
+        members.insert(conn, at: lo)
+        memberIds.insert(id.rawValue, at: lo)
     }
 
     /// Removes `conn` from the members (a no-op if it is not one).
@@ -208,5 +226,9 @@ struct RoomContext: StateroomContext {
 
     func identity(of client: ClientId) -> String? {
         room.identity(of: client)
+    }
+
+    func isConnected(_ client: ClientId) -> Bool {
+        room.isConnected(client)
     }
 }

@@ -75,6 +75,14 @@ public struct ServerConfiguration: Sendable {
     public var leaseDuration: Double = 5
     /// This node's name in leases (default: host name, process id and a random part).
     public var nodeId: String?
+    /// Seconds a client that opted in to seats (`?seat=new`, docs/seats.md) keeps its seat after
+    /// dropping without a close handshake: its ClientId stays taken, the service is not told, and
+    /// what is sent to it is kept for its return. 0: no seats.
+    public var resumeGrace: Double = 30
+    /// Most bytes of messages kept for one seat after its drop: past it the seat ends (the service
+    /// gets `disconnect`). Also the size of each room's log of recent messages, from which frames
+    /// lost in flight at a drop are sent again.
+    public var resumeBuffer = 256 << 10
     /// Connection limits (all off by default): see ``AdmissionLimits``.
     public var limits = AdmissionLimits()
     /// Decides every WebSocket upgrade that passed the protocol checks (accept, or refuse with a

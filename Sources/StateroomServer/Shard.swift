@@ -60,6 +60,9 @@ final class Shard {
     /// turn's completions, so no service is re-entered from inside one of its own callbacks.
     @exclusivity(unchecked) var pendingLeaves: [Connection] = []
     @exclusivity(unchecked) var failedRooms: [(Room, RoomFailure)] = []
+    /// Held seats to end once the current callback is over (past their bound, or resumed from a
+    /// count that cannot be continued).
+    var pendingSeatEnds: [(Room, Seat)] = []
     /// Upgraded sockets waiting for their queued response to drain before they move to the shard
     /// owning their room, by slot.
     var parked: [UInt32: (owner: Int, upgrade: AcceptedUpgrade, rest: [UInt8])] = [:]
@@ -334,6 +337,9 @@ final class Shard {
                 retrySave(room)
             case .revalidateRetry(let room):
                 retryRevalidation(room)
+            case .seatGrace(let room):
+                seatGraceOver(room)
+                drainPending()
             }
         }
     }

@@ -22,6 +22,8 @@ enum TimerKind {
     case saveRetry(Room)
     /// Asks again whether a room's lease is still this node's (its callbacks wait).
     case revalidateRetry(Room)
+    /// A room's held seats whose grace is over end.
+    case seatGrace(Room)
 }
 
 /// One pending timer; ordered by deadline, then by insertion.

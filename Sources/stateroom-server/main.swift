@@ -38,6 +38,10 @@ struct StateroomServerCommand: ParsableCommand {
     var heartbeatInterval: Double = 30
     @Option(help: "Seconds of silence after which a client is dropped.")
     var heartbeatTimeout: Double = 300
+    @Option(help: "Seconds a client that opted in to seats (?seat=new) keeps its ClientId and its missed messages after dropping without a close (0: no seats).")
+    var resumeGrace: Double = 30
+    @Option(help: "Most bytes of messages kept for one dropped seat; past it the seat ends. Also each room's log of recent messages, replayed to a resuming client.")
+    var resumeBuffer: Int = 256 << 10
     @Option(help: "Seconds a client has to send a complete request head.")
     var requestTimeout: Double = 10
     @Option(help: "Seconds a shutdown (SIGTERM, SIGINT) waits for clients to take their 1001 close before cutting them.")
@@ -119,6 +123,8 @@ struct StateroomServerCommand: ParsableCommand {
         if let store {
             do { _ = try RedisEndpoint(url: store) } catch { throw ValidationError("--store: \(error)") }
         }
+        if !(resumeGrace >= 0 && resumeGrace <= 86_400) { throw ValidationError("--resume-grace must be between 0 and 86400 seconds") }
+        if resumeBuffer < 1024 { throw ValidationError("--resume-buffer must be at least 1024 bytes") }
         if !(0.1...3600).contains(snapshotInterval) { throw ValidationError("--snapshot-interval must be between 0.1 and 3600") }
         if !(0.3...600).contains(leaseDuration) { throw ValidationError("--lease-duration must be between 0.3 and 600") }
         if let nodeId, nodeId.isEmpty || nodeId.utf8.count > 200 { throw ValidationError("--node-id must be 1 to 200 bytes") }
@@ -144,6 +150,8 @@ struct StateroomServerCommand: ParsableCommand {
         config.coalesceLimit = coalesceMaxMs / 1000
         config.heartbeatInterval = heartbeatInterval
         config.heartbeatTimeout = heartbeatTimeout
+        config.resumeGrace = resumeGrace
+        config.resumeBuffer = resumeBuffer
         config.staticDirectory = `static`
         config.requestTimeout = requestTimeout
         config.drainTimeout = drainTimeout

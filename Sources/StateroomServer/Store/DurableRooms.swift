@@ -218,7 +218,9 @@ extension Shard {
     /// on its next client), or just lets go when nothing is new. A room whose callbacks wait for
     /// its lease ends once they have run.
     func hibernateIfEmpty(_ room: Room) {
-        guard room.members.isEmpty, room.failure == nil, !room.isClosed else { return }
+        // Clients away in their seats' grace keep it open: they may come back, or their
+        // disconnect is due when the grace ends.
+        guard room.members.isEmpty, room.failure == nil, !room.isClosed, !holdsSeats(room) else { return }
         if let lease = room.lease {
             if !lease.deferred.isEmpty { return }
             let unconfirmed = lease.inFlight != nil || (lease.lastIssued.map { $0.version > lease.confirmed } ?? false)

@@ -222,6 +222,9 @@ extension Shard {
         while n < lease.gated.count && lease.gated[n].version <= version {
             let g = lease.gated[n]
             if !room.members.isEmpty { deliverGated(g, in: room) }
+            if let seats = room.seats, !room.isClosed {
+                recordSent(g.frame, to: g.recipient, joinedBefore: g.joinedBefore, in: room, seats)
+            }
             pool.release(g.frame)
             n += 1
         }
