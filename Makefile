@@ -1,7 +1,7 @@
 # Stateroom for Swift. `make run` serves the built-in counter on :8080; `make test` runs every test.
 SWIFT ?= swift
 PYTHON ?= python3
-APT_PACKAGES := liburing-dev libssl-dev openssl zlib1g-dev libdeflate-dev wabt chromium libhiredis-dev redis-server haproxy
+APT_PACKAGES := liburing-dev libssl-dev openssl zlib1g-dev libdeflate-dev wabt chromium libhiredis-dev redis-server haproxy nodejs
 SERVER := .build/release/stateroom-server
 PORT ?= 8080
 
@@ -45,10 +45,19 @@ deps:
 	@$(PYTHON) -c "import websockets, pytest, jwt, cryptography" 2>/dev/null || \
 		$(PYTHON) -m pip install -q --disable-pip-version-check -r Tests/e2e/requirements.txt
 
-test: deps build examples unit-test e2e-test
+test: deps build examples unit-test js-test e2e-test
 
 unit-test:
 	$(SWIFT) test
+
+# The JavaScript client's own tests (a fake WebSocket; no server).
+.PHONY: js-test client-js
+js-test:
+	node --test Clients/js/test/stateroom.test.mjs
+
+# After editing Clients/js/stateroom.js: the copy every server serves at /stateroom.js.
+client-js:
+	$(PYTHON) scripts/embed-client-js.py
 
 # Every end-to-end test runs once per I/O backend.
 e2e-test:

@@ -101,6 +101,12 @@ struct FrontDoor {
             return .respond(httpResponse(.ok, headers: [("Content-Type", "text/plain; version=0.0.4")],
                                          body: Array(metrics().utf8), keepAlive: keepAlive, headOnly: headOnly),
                             keepAlive: keepAlive)
+        case .file(let path) where path == "/stateroom.js":
+            // The JavaScript client, from every server (a static directory cannot hide it).
+            return .respond(httpResponse(.ok, headers: [("Content-Type", "text/javascript; charset=utf-8"),
+                                                        ("Cache-Control", "no-cache")],
+                                         body: Self.clientScript, keepAlive: keepAlive, headOnly: headOnly),
+                            keepAlive: keepAlive)
         case .file(let path):
             guard let dir = staticDirectory, let file = StaticFiles.read(root: dir, path: path) else {
                 return .fail(httpErrorResponse(.notFound))
@@ -163,6 +169,9 @@ struct FrontDoor {
             }
         }
     }
+
+    /// `/stateroom.js`'s bytes (ClientScript.swift, a source file's text, with the newline it ends with).
+    static let clientScript = Array((ClientScript.source + "\n").utf8)
 
     /// The answer for a refusal by the admission limits.
     private func refuse(_ refused: AdmissionRefusal) -> FrontDoorAnswer {

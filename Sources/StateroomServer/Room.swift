@@ -113,6 +113,11 @@ final class Room {
         identities.isEmpty ? nil : identities[id.rawValue]
     }
 
+    /// Records the identity of a client whose seat came with the room (a restored room).
+    func remember(identity: String?, of id: ClientId) {
+        if let identity { identities[id.rawValue] = identity }
+    }
+
     /// Drops a departed client's identity (after its `disconnect` callback).
     func forgetIdentity(of id: ClientId) {
         if !identities.isEmpty { identities[id.rawValue] = nil }

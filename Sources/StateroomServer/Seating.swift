@@ -243,6 +243,81 @@ extension Shard {
         !(room.seats?.held.isEmpty ?? true)
     }
 
+    // MARK: - Stored with the room
+
+    /// `room`'s seats as they are to be stored with its last save before it is let go: a connected
+    /// seat as if it dropped now, and each seat also keeps the frames the output gate still holds
+    /// for it (the save covers them: they go out to connected clients before the room is let go).
+    func storedSeats(of room: Room, _ lease: RoomLease?) -> StoredSeats? {
+        guard let seats = room.seats, !seats.isEmpty, config.resumeGrace > 0 else { return nil }
+        var out = StoredSeats()
+        var index: [FrameBuffer: UInt32] = [:]
+        func number(_ frame: FrameBuffer) -> UInt32 {
+            if let i = index[frame] { return i }
+            let i = UInt32(out.frames.count)
+            out.frames.append(Array(UnsafeRawBufferPointer(start: frame.bytes, count: frame.count)))
+            index[frame] = i
+            return i
+        }
+        let wallNow = Self.wallMilliseconds()
+        for seat in seats.byToken.values.sorted(by: { $0.clientId.rawValue < $1.clientId.rawValue }) where !seat.ended {
+            var frames: [FrameBuffer] = []
+            if seat.held {
+                frames = Array(seat.kept)
+            } else {
+                for entry in seats.log.reversed() where entry.applies(to: seat.clientId) {
+                    if UInt64(frames.count) == seat.delivered { break }
+                    frames.append(entry.frame)
+                }
+                frames.reverse()
+            }
+            let firstKept = seat.delivered &- UInt64(frames.count) &+ 1
+            for g in lease?.gated ?? [] {
+                let entry = LoggedFrame(frame: g.frame, recipient: g.recipient, joinedBefore: g.joinedBefore)
+                if entry.applies(to: seat.clientId) { frames.append(g.frame) }
+            }
+            let left = seat.held ? Int64((seat.deadline > now ? seat.deadline - now : 0) / 1_000_000)
+                                 : Int64(config.resumeGrace * 1000)
+            out.seats.append(StoredSeats.Seat(
+                clientId: seat.clientId.rawValue, token: seat.token, identity: seat.identity,
+                delivered: firstKept &+ UInt64(frames.count) &- 1, firstKept: firstKept,
+                deadlineMilliseconds: wallNow + left, kept: frames.map(number)))
+        }
+        return out.seats.isEmpty ? nil : out
+    }
+
+    /// Gives a restored room the seats stored with it, all held (their clients reconnect and
+    /// resume); each grace ends when it would have where the room was.
+    func restoreSeats(_ stored: StoredSeats, in room: Room) {
+        guard config.resumeGrace > 0, !stored.seats.isEmpty else { return }
+        let seats = room.seats ?? RoomSeats(logCap: config.resumeBuffer)
+        room.seats = seats
+        let frames = stored.frames.map { pool.buffer(copying: $0) }
+        let wallNow = Self.wallMilliseconds()
+        for s in stored.seats {
+            let seat = Seat(clientId: ClientId(s.clientId), token: s.token, identity: s.identity)
+            seat.delivered = s.delivered
+            seat.firstKept = s.firstKept
+            for k in s.kept {
+                let frame = frames[Int(k)]
+                pool.retain(frame)
+                seat.kept.append(frame)
+                seat.keptBytes += frame.count
+            }
+            count(.seatBytesKept, seat.keptBytes)
+            seat.held = true
+            let left = max(0, s.deadlineMilliseconds - wallNow)
+            seat.deadline = now &+ UInt64(left) * 1_000_000
+            seats.byToken[seat.token] = seat
+            seats.byClient[s.clientId] = seat
+            room.remember(identity: s.identity, of: seat.clientId)
+            seats.held.append(seat)
+            count(.seatsHeld)
+            timers.schedule(at: seat.deadline, .seatGrace(room))
+        }
+        for frame in frames { pool.release(frame) }
+    }
+
     // MARK: - Wall clock
 
     /// Milliseconds since the Unix epoch (seat deadlines stored with a room).

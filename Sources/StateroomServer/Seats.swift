@@ -20,15 +20,13 @@ enum SeatRequest: Sendable, Equatable {
     case resume(token: String, received: UInt64)
 
     /// The request's seat parameters; nil when it did not opt in. A resume whose count is missing
-    /// or not a number asks for a new seat (it could not be continued from).
+    /// or not a number names more than any seat was sent: it is refused (a new seat).
     init?(_ request: UpgradeRequest) {
         guard let seat = request.queryItem("seat") else { return nil }
         if seat == "new" || seat.isEmpty {
             self = .new
-        } else if let received = request.queryItem("received").flatMap({ UInt64($0) }) {
-            self = .resume(token: seat, received: received)
         } else {
-            self = .new
+            self = .resume(token: seat, received: request.queryItem("received").flatMap { UInt64($0) } ?? .max)
         }
     }
 }

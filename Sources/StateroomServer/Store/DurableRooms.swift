@@ -196,7 +196,8 @@ extension Shard {
     /// not be used.
     func openStored(_ id: String, _ stored: StoredRoom, lease: RoomLease) -> Bool {
         do {
-            _ = try rooms.restore(id, from: stored, lease: lease)
+            let room = try rooms.restore(id, from: stored, lease: lease)
+            if let seats = stored.seats { restoreSeats(seats, in: room) }
             count(.roomsRestored)
             count(.roomsActive)
             return true

@@ -12,7 +12,9 @@ extension Shard {
     /// save. False when the room's service cannot be saved.
     @discardableResult
     func save(_ room: Room, dropping: Bool) -> Bool {
-        guard let durable, let lease = room.lease, let stored = storedState(of: room, lease) else { return false }
+        guard let durable, let lease = room.lease, var stored = storedState(of: room, lease) else { return false }
+        // Let go with clients that may come back: their seats go with the room.
+        if dropping { stored.seats = storedSeats(of: room, lease) }
         let version = issueSave(room, lease, stored, release: dropping)
         if dropping {
             durable.unsaved[room.id] = (stored, version, true)

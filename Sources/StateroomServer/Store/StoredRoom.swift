@@ -1,19 +1,23 @@
 import Stateroom
 
-/// A durable room as it is stored: its service's snapshot, the id its next client gets, and the
-/// fencing epoch of the lease under which it was written.
+/// A durable room as it is stored: its service's snapshot, the id its next client gets, the
+/// fencing epoch of the lease under which it was written, and — in the last save before a
+/// hand-over, a shutdown or hibernation — its seats.
 ///
 /// Layout (``encoded()``): the magic `SRROOM`, a format version (`u32`), the next client id
 /// (`u32`), the writer's epoch (`i64`, format 2 on), the snapshot's kind and its bytes (each an
-/// `i64` length and the bytes). Format 1 (no epoch) is still read, as epoch 0.
+/// `i64` length and the bytes), then (format 3) the seats: a `u32` 0 or 1, and when 1
+/// ``StoredSeats``. Formats 1 (no epoch, read as epoch 0) and 2 (no seats) are still read.
 struct StoredRoom: Equatable, Sendable {
     var nextClientId: UInt32
     var service: ServiceSnapshot
     /// The epoch of the lease its writer held (``LeaseScript``).
     var epoch: UInt64
+    /// The room's seats, when it was saved to be let go with clients that may resume.
+    var seats: StoredSeats?
 
     static let magic: [UInt8] = Array("SRROOM".utf8)
-    static let version: UInt32 = 2
+    static let version: UInt32 = 3
 
     func encoded() -> [UInt8] {
         var w = SnapshotWriter()
@@ -22,13 +26,20 @@ struct StoredRoom: Equatable, Sendable {
         w.write(Int64(bitPattern: epoch))
         w.write(service.kind)
         w.write(bytes: service.bytes)
+        if let seats {
+            w.write(UInt32(1))
+            seats.write(to: &w)
+        } else {
+            w.write(UInt32(0))
+        }
         return Self.magic + w.bytes
     }
 
-    init(nextClientId: UInt32, service: ServiceSnapshot, epoch: UInt64 = 0) {
+    init(nextClientId: UInt32, service: ServiceSnapshot, epoch: UInt64 = 0, seats: StoredSeats? = nil) {
         self.nextClientId = nextClientId
         self.service = service
         self.epoch = epoch
+        self.seats = seats
     }
 
     /// Reads what ``encoded()`` wrote; anything else is refused, naming what is wrong.
@@ -38,13 +49,17 @@ struct StoredRoom: Equatable, Sendable {
         }
         var r = SnapshotReader(Array(bytes.dropFirst(Self.magic.count)))
         let version = try r.uint32("format version")
-        guard version == 1 || version == Self.version else {
+        guard (1...Self.version).contains(version) else {
             throw SnapshotError("stored room format \(version) is not \(Self.version)")
         }
         nextClientId = try r.uint32("next client id")
         epoch = version >= 2 ? UInt64(bitPattern: try r.int64("epoch")) : 0
         let kind = try r.string("snapshot kind")
         service = ServiceSnapshot(kind: kind, bytes: try r.bytes("snapshot"))
+        seats = nil
+        if version >= 3, try r.uint32("seats present") == 1 {
+            seats = try StoredSeats(reading: &r)
+        }
         try r.finish()
     }
 
@@ -61,6 +76,82 @@ struct StoredRoom: Equatable, Sendable {
     static func epochKey(_ id: String) -> [UInt8] { Array("stateroom:epoch:\(id)".utf8) }
     /// The channel node `node` listens on for rooms other nodes ask it to hand over.
     static func channel(of node: String) -> String { "stateroom:node:\(node)" }
+}
+
+/// A room's seats as stored with it (``StoredRoom``): each distinct message frame once, and per
+/// seat its client id, token, identity, count of messages sent to it, the numbers of the messages
+/// it keeps (from `firstKept` on, as indices into the frames), and when its grace ends.
+///
+/// Layout: a `u32` frame count, each frame's bytes; a `u32` seat count, each seat: client id
+/// (`u32`), token (string), identity (`u32` 0 or 1, then a string), delivered and first kept
+/// (`i64` each), the grace's end in Unix milliseconds (`i64`), a `u32` count of kept messages
+/// and each one's frame index (`u32`).
+struct StoredSeats: Equatable, Sendable {
+    struct Seat: Equatable, Sendable {
+        var clientId: UInt32
+        var token: String
+        var identity: String?
+        var delivered: UInt64
+        var firstKept: UInt64
+        var deadlineMilliseconds: Int64
+        var kept: [UInt32]
+    }
+
+    /// Complete WebSocket frames (header and payload), as they were sent.
+    var frames: [[UInt8]] = []
+    var seats: [Seat] = []
+
+    func write(to w: inout SnapshotWriter) {
+        w.write(UInt32(frames.count))
+        for f in frames { w.write(bytes: f) }
+        w.write(UInt32(seats.count))
+        for s in seats {
+            w.write(s.clientId)
+            w.write(s.token)
+            if let identity = s.identity {
+                w.write(UInt32(1))
+                w.write(identity)
+            } else {
+                w.write(UInt32(0))
+            }
+            w.write(Int64(bitPattern: s.delivered))
+            w.write(Int64(bitPattern: s.firstKept))
+            w.write(s.deadlineMilliseconds)
+            w.write(UInt32(s.kept.count))
+            for k in s.kept { w.write(k) }
+        }
+    }
+
+    init(frames: [[UInt8]] = [], seats: [Seat] = []) {
+        self.frames = frames
+        self.seats = seats
+    }
+
+    init(reading r: inout SnapshotReader) throws(SnapshotError) {
+        let frameCount = try r.uint32("seat frame count")
+        for _ in 0..<frameCount { frames.append(try r.bytes("seat frame")) }
+        let seatCount = try r.uint32("seat count")
+        for _ in 0..<seatCount {
+            let clientId = try r.uint32("seat client id")
+            let token = try r.string("seat token")
+            let identity: String? = try r.uint32("seat identity present") == 1 ? try r.string("seat identity") : nil
+            let delivered = UInt64(bitPattern: try r.int64("seat delivered"))
+            let firstKept = UInt64(bitPattern: try r.int64("seat first kept"))
+            let deadline = try r.int64("seat deadline")
+            let keptCount = try r.uint32("seat kept count")
+            var kept: [UInt32] = []
+            for _ in 0..<keptCount {
+                let k = try r.uint32("seat kept frame")
+                guard k < frames.count else { throw SnapshotError("seat kept frame \(k) out of range") }
+                kept.append(k)
+            }
+            guard firstKept &+ UInt64(kept.count) == delivered &+ 1 else {
+                throw SnapshotError("seat \(clientId): \(kept.count) kept messages do not end at \(delivered)")
+            }
+            seats.append(Seat(clientId: clientId, token: token, identity: identity, delivered: delivered,
+                              firstKept: firstKept, deadlineMilliseconds: deadline, kept: kept))
+        }
+    }
 }
 
 /// The scripts that keep a room's lease and its snapshot consistent. Each runs atomically in
