@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import signal
 
 import jwt
 import pytest
@@ -22,8 +23,24 @@ from jwt_helpers import SECRET
 TIMEOUT = 5
 
 
+#: Connections a test opened: cut when its scenario ends, so no server waits for their close.
+OPEN: list = []
+
+
 def run(coro, timeout: float = 60):
-    return asyncio.run(asyncio.wait_for(coro, timeout))
+    async def scenario():
+        try:
+            return await asyncio.wait_for(coro, timeout)
+        finally:
+            while OPEN:
+                OPEN.pop().transport.abort()
+    return asyncio.run(scenario())
+
+
+async def connect(url: str, **kw):
+    ws = await websockets.connect(url, **kw)
+    OPEN.append(ws)
+    return ws
 
 
 class Seated:
@@ -57,7 +74,7 @@ class Seated:
 
 async def seat(url: str, query: str = "seat=new", received: int = 0) -> Seated:
     sep = "&" if "?" in url else "?"
-    ws = await websockets.connect(f"{url}{sep}{query}")
+    ws = await connect(f"{url}{sep}{query}")
     hello = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
     assert hello["type"] == "seat", hello
     return Seated(ws, hello, received if hello["recovered"] else 0)
@@ -100,7 +117,7 @@ def test_a_resume_within_the_grace_gets_every_missed_message_once_and_the_servic
         assert (a.hello["recovered"], a.hello["client"], a.hello["grace"]) == (False, 1, 30)
         assert len(a.token) >= 22
         assert await a.recv() == "Welcome, client1!"
-        b = await websockets.connect(url)  # not opted in: no seat message
+        b = await connect(url)  # not opted in: no seat message
         await expect(b, "Welcome, client2!")
         assert await a.recv() == "client2 has joined the chat"
         a.drop()
@@ -134,7 +151,7 @@ def test_frames_in_flight_at_the_cut_are_sent_again(server_factory):
 
     async def main():
         a = await seat(url)
-        b = await websockets.connect(url)
+        b = await connect(url)
         for i in range(1, 6):
             await b.send("increment")
             await expect(b, f"new value: {i}")
@@ -160,7 +177,7 @@ def test_a_resume_with_a_stale_count_gets_only_what_it_did_not_read_even_twice(s
 
     async def main():
         a = await seat(url)
-        b = await websockets.connect(url)
+        b = await connect(url)
         values = []
         for round_ in range(2):
             a.drop()
@@ -183,7 +200,7 @@ def test_the_service_hears_of_the_drop_when_the_grace_ends(server_factory):
     async def main():
         a = await seat(url)
         await a.recv()
-        b = await websockets.connect(url)
+        b = await connect(url)
         await expect(b, "Welcome, client2!")
         a.drop()
         assert await silent(b, 0.6) == []  # still in its grace
@@ -205,7 +222,7 @@ def test_a_seat_whose_buffer_overflows_ends_at_once(server_factory):
     async def main():
         a = await seat(url)
         await a.recv()
-        b = await websockets.connect(url)
+        b = await connect(url)
         await expect(b, "Welcome, client2!")
         a.drop()
         await asyncio.sleep(0.2)
@@ -228,7 +245,7 @@ def test_a_second_connection_resuming_a_seat_closes_the_first_with_4001(server_f
 
     async def main():
         a = await seat(url)
-        b = await websockets.connect(url)
+        b = await connect(url)
         await b.send("increment")
         await b.recv()
         assert await a.recv() == "new value: 1"
@@ -276,9 +293,9 @@ def test_a_client_that_does_not_opt_in_sees_todays_stream(server_factory):
     server = server_factory(service="chat")
 
     async def main():
-        plain = await websockets.connect(server.ws_url("plain"))
+        plain = await connect(server.ws_url("plain"))
         await expect(plain, "Welcome, client1!")
-        ignored = await websockets.connect(server.ws_url("plain") + "?received=3")
+        ignored = await connect(server.ws_url("plain") + "?received=3")
         await expect(ignored, "Welcome, client2!")
         await expect(plain, "client2 has joined the chat")
         ignored.transport.abort()
@@ -292,7 +309,7 @@ def test_a_client_close_ends_its_seat_at_once(server_factory):
     url = server.ws_url("bye")
 
     async def main():
-        b = await websockets.connect(url)
+        b = await connect(url)
         await expect(b, "Welcome, client1!")
         a = await seat(url)
         await a.recv()
@@ -313,7 +330,7 @@ def test_grace_zero_turns_seats_off_and_says_so(server_factory):
         a = await seat(url)
         assert a.hello["seat"] is None and a.hello["recovered"] is False
         assert await a.recv() == "Welcome, client1!"
-        b = await websockets.connect(url)
+        b = await connect(url)
         await expect(b, "Welcome, client2!")
         a.drop()
         await expect(b, "client1 has left the chat")
@@ -340,3 +357,105 @@ def test_with_tokens_only_the_same_identity_resumes(server_factory):
         assert await back.recv() == "mallory has joined the chat"  # sent while alice was away
 
     run(main())
+
+
+# -- Across nodes (--store) -------------------------------------------------------------------
+
+from test_durable import Redis, kill_once_saved, redis  # noqa: E402,F401 (a fixture)
+
+LEASE = ["--lease-duration", "1", "--snapshot-interval", "0.2"]
+
+
+async def closed_code(ws) -> int | None:
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 15)
+    return closed.value.rcvd.code if closed.value.rcvd else None
+
+
+def test_a_seat_survives_a_graceful_restart_of_its_node(server_factory, redis):
+    first = server_factory("--store", redis.url, service="chat")
+    holder = {}
+
+    async def before():
+        a = await seat(first.ws_url("restart"))
+        assert await a.recv() == "Welcome, client1!"
+        b = await connect(first.ws_url("restart"))
+        await expect(b, "Welcome, client2!")
+        for i in range(3):
+            await b.send(f"m{i}")
+            await expect(b, f"client2: m{i}")
+        # a reads only the join notice and m0: m1 and m2 stay unread when the node stops.
+        assert await a.recv_n(2) == ["client2 has joined the chat", "client2: m0"]
+        first.proc.send_signal(signal.SIGTERM)
+        assert await closed_code(b) == 1012
+        holder["a"] = a
+
+    run(before())
+    assert first.proc.wait(15) == 0
+    first.stopped = True
+    second = server_factory("--store", redis.url, service="chat")
+
+    async def after():
+        a = holder["a"]
+        back = await resume(second.ws_url("restart"), a)
+        assert (back.hello["recovered"], back.client) == (True, 1)
+        assert await back.recv_n(2) == ["client2: m1", "client2: m2"]
+        c = await connect(second.ws_url("restart"))
+        assert await c.recv() == "Welcome, client3!"  # ids continue: 1 is still taken
+        assert await back.recv() == "client3 has joined the chat"
+        assert await silent(back.ws, 0.3) == []  # no leave or join of client1 in between
+
+    run(after())
+
+
+def test_a_seat_moves_with_its_room_to_another_node(server_factory, redis):
+    a_node = server_factory("--store", redis.url, service="counter")
+    b_node = server_factory("--store", redis.url, service="counter")
+
+    async def main():
+        a = await seat(a_node.ws_url("moving"))
+        b = await connect(a_node.ws_url("moving"))
+        for i in range(1, 4):
+            await b.send("increment")
+            await expect(b, f"new value: {i}")
+        assert await a.recv() == "new value: 1"
+        # A client of the room on the other node: the owner hands it over, its clients get 1012.
+        c = await connect(b_node.ws_url("moving"), open_timeout=15)
+        assert await closed_code(b) == 1012
+        back = await resume(b_node.ws_url("moving"), a)
+        assert (back.hello["recovered"], back.client) == (True, a.client)
+        assert await back.recv_n(2) == ["new value: 2", "new value: 3"]
+        await c.send("increment")
+        await expect(c, "new value: 4")
+        assert await back.recv() == "new value: 4"
+        assert b_node.metric("stateroom_resumes_recovered_total") == 1
+
+    run(main())
+
+
+def test_after_a_crash_a_resume_is_refused_not_served_a_wrong_history(server_factory, redis):
+    a_node = server_factory("--store", redis.url, *LEASE, service="counter")
+    holder = {}
+
+    async def before():
+        a = await seat(a_node.ws_url("crash"))
+        b = await connect(a_node.ws_url("crash"))
+        for i in (1, 2):
+            await b.send("increment")
+            await expect(b, f"new value: {i}")
+        await a.recv_n(2)
+        holder["a"] = a
+        await kill_once_saved(a_node)
+
+    run(before())
+    b_node = server_factory("--store", redis.url, *LEASE, service="counter")
+
+    async def after():
+        a = holder["a"]
+        back = await seat(b_node.ws_url("crash"), f"seat={a.token}&received={a.received}")
+        assert back.hello["recovered"] is False and back.token != a.token
+        await back.ws.send("increment")
+        assert await back.recv() == "new value: 3"  # the room itself is back
+
+    run(after())
