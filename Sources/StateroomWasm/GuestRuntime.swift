@@ -2,8 +2,8 @@
 import Stateroom
 #endif
 
-/// Where a guest's requests go: in a wasm module, the host import `env.stateroom_send`; in native
-/// tests, a recorder.
+/// Where a guest's requests go: in a wasm module, the host imports `env.stateroom_send` (and
+/// `env.stateroom_client_connected` for ``isConnected(_:)``); in native tests, a recorder.
 public protocol GuestOutput {
     /// Takes one bincode-encoded `MessageFromProcess`. The bytes are valid only during the call.
     func emit(_ encoded: UnsafeRawBufferPointer)
@@ -11,6 +11,15 @@ public protocol GuestOutput {
     /// message for it: a wasm guest logs `reason` to stderr and traps, which makes the host close
     /// the room's clients with 1011.
     func closeRoom(reason: String)
+    /// Whether `client` has a connection now (``StateroomContext/isConnected(_:)``): false while
+    /// it is away in its seat's grace, or not in the room. A wasm guest asks the host
+    /// (`env.stateroom_client_connected`, the seats extension of IDENTITY.md).
+    func isConnected(_ client: ClientId) -> Bool
+}
+
+extension GuestOutput {
+    /// Every client counts as connected (outputs without a host behind them).
+    public func isConnected(_ client: ClientId) -> Bool { true }
 }
 
 /// The scratch memory a context encodes into, reused for every message of a room: requests are
@@ -75,7 +84,7 @@ public final class GuestIdentities {
 
 /// The ``StateroomContext`` a guest's service receives: each call becomes one encoded
 /// `MessageFromProcess` handed to the output; ``identity(of:)`` answers from the room's
-/// ``GuestIdentities``.
+/// ``GuestIdentities``, ``isConnected(_:)`` from the output.
 public struct GuestContext<Output: GuestOutput>: StateroomContext {
     /// The output every request goes to.
     public let output: Output
@@ -99,6 +108,14 @@ public struct GuestContext<Output: GuestOutput>: StateroomContext {
     /// `disconnect` of that client.
     public func identity(of client: ClientId) -> String? {
         identities.identity(of: client)
+    }
+
+    /// Whether `client` has a connection now: false while it is away in its seat's grace (it
+    /// dropped and may resume; the service has not had its `disconnect`), and for a client that
+    /// is not in the room. Asked of the output: in a wasm module, the host import
+    /// `env.stateroom_client_connected`.
+    public func isConnected(_ client: ClientId) -> Bool {
+        output.isConnected(client)
     }
 
     /// Sends `Message { recipient, message }`, encoded by the ABI codec straight into the

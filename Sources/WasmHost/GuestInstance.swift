@@ -313,21 +313,30 @@ final class GuestInstance {
         }
     }
 
-    /// Makes `sink` the destination of `stateroom_send` while `body` runs.
+    /// Makes `sink` the destination of `stateroom_send`, and `isConnected` the answer of
+    /// `stateroom_client_connected`, while `body` runs.
     ///
-    /// `sink` stays non-escaping (no allocation for the context it captures): it is stored in
-    /// ``HostState/sink`` only for the duration of `body` and cleared before returning, which
-    /// `withoutActuallyEscaping` verifies.
+    /// Both stay non-escaping (no allocation for the context they capture): they are stored in
+    /// ``HostState/sink`` and ``HostState/isConnected`` only for the duration of `body` and
+    /// cleared before returning, which `withoutActuallyEscaping` verifies.
     func withSink<R, E: Error>(
-        _ sink: (MessageFromProcess) -> Void, _ body: () throws(E) -> R
+        _ sink: (MessageFromProcess) -> Void,
+        isConnected: (ClientId) -> Bool = { _ in true },
+        _ body: () throws(E) -> R
     ) throws(E) -> R {
-        let result: Result<R, E> = withoutActuallyEscaping(sink) { escapable in
-            state.sink = escapable
-            defer { state.sink = nil }
-            do throws(E) {
-                return .success(try body())
-            } catch {
-                return .failure(error)
+        let result: Result<R, E> = withoutActuallyEscaping(sink) { escapableSink in
+            withoutActuallyEscaping(isConnected) { escapableIsConnected in
+                state.sink = escapableSink
+                state.isConnected = escapableIsConnected
+                defer {
+                    state.sink = nil
+                    state.isConnected = nil
+                }
+                do throws(E) {
+                    return .success(try body())
+                } catch {
+                    return .failure(error)
+                }
             }
         }
         return try result.get()

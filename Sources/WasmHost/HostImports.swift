@@ -24,11 +24,13 @@ enum GuestExit: Error, CustomStringConvertible {
     }
 }
 
-/// What a module imports, resolved once at load: each import is the host's `stateroom_send` or a
-/// WASI preview 1 function. Anything else refuses the module.
+/// What a module imports, resolved once at load: each import is the host's `stateroom_send`, the
+/// seats extension's `stateroom_client_connected` (StateroomWasm/IDENTITY.md), or a WASI
+/// preview 1 function. Anything else refuses the module.
 struct ImportPlan: Sendable {
     enum Provider: Sendable {
         case stateroomSend
+        case clientConnected
         case wasi(WASIFunction)
     }
 
@@ -40,8 +42,16 @@ struct ImportPlan: Sendable {
     }
 
     static let stateroomSendType = FunctionType(parameters: [.i32, .i32], results: [])
+    /// `env.stateroom_client_connected(client: i32) -> i32`: optional; only a module that imports
+    /// it gets it.
+    static let clientConnectedType = FunctionType(parameters: [.i32], results: [.i32])
 
     let entries: [Entry]
+
+    /// The module imports `env.stateroom_client_connected`.
+    var importsClientConnected: Bool {
+        entries.contains { if case .clientConnected = $0.provider { true } else { false } }
+    }
 
     /// Checks every import of `module` against what the host provides.
     init(module: Module) throws(WasmLoadError) {
@@ -57,6 +67,9 @@ struct ImportPlan: Sendable {
             case "env" where item.name == "stateroom_send":
                 expected = Self.stateroomSendType
                 provider = .stateroomSend
+            case "env" where item.name == "stateroom_client_connected":
+                expected = Self.clientConnectedType
+                provider = .clientConnected
             case WASIFunction.moduleName:
                 guard let function = WASIFunction(rawValue: item.name) else {
                     throw .unexpectedImport(module: item.module, name: item.name, kind: "function")
@@ -100,6 +113,11 @@ struct ImportPlan: Sendable {
                     [unowned state] _, args, _ in
                     try state.stateroomSend(pointer: args[0].i32, length: args[1].i32)
                 }
+            case .clientConnected:
+                function = Function(store: store, parameters: [.i32], results: [.i32]) {
+                    [unowned state] _, args, results in
+                    results[0] = .i32(state.clientConnected(args[0].i32) ? 1 : 0)
+                }
             case .wasi(let wasi):
                 function = Function(
                     store: store, parameters: wasi.type.parameters, results: wasi.type.results
@@ -138,9 +156,13 @@ final class HostState {
         didSet { roomLogger = nil }
     }
     /// Where decoded `stateroom_send` messages go during a callback: set by
-    /// ``GuestInstance/withSink(_:_:)`` for exactly the duration of the call, `nil` otherwise.
+    /// ``GuestInstance/withSink(_:isConnected:_:)`` for exactly the duration of the call, `nil` otherwise.
     /// A message's payload borrows guest memory: it is valid only during the sink call.
     var sink: ((MessageFromProcess) -> Void)?
+    /// What `stateroom_client_connected` asks during a callback: the callback's context
+    /// (``StateroomContext/isConnected(_:)``), set next to ``sink`` for exactly the duration of
+    /// the call, `nil` otherwise.
+    var isConnected: ((ClientId) -> Bool)?
 
     /// Most log lines one callback may produce; further lines are counted and dropped.
     static let logLinesPerCallback = 64
@@ -228,6 +250,17 @@ final class HostState {
             }
             sink(message)
         }
+    }
+
+    // MARK: env.stateroom_client_connected
+
+    /// `env.stateroom_client_connected(client)`: whether the callback's context counts `client`
+    /// as connected (false while it is away in its seat's grace, or not in the room). Outside a
+    /// callback (only `_initialize` or a start function can call it then) there is no room to
+    /// ask: every client counts as connected, as for a context without seats.
+    func clientConnected(_ client: UInt32) -> Bool {
+        guard let isConnected else { return true }
+        return isConnected(ClientId(client))
     }
 
     /// Whether `bytes` are valid UTF-8, checked in place by the standard library.

@@ -32,7 +32,7 @@ public enum WasmLoadError: Error, Sendable, Equatable, CustomStringConvertible {
             return "wasm export `\(name)` has type \(actual), expected \(expected)"
         case .unexpectedImport(let module, let name, let kind):
             return "wasm module imports \(kind) `\(module).\(name)`, which the host does not provide "
-                + "(allowed: env.stateroom_send and wasi_snapshot_preview1 functions)"
+                + "(allowed: env.stateroom_send, env.stateroom_client_connected and wasi_snapshot_preview1 functions)"
         case .wrongImportType(let module, let name, let expected, let actual):
             return "wasm import `\(module).\(name)` has type \(actual), expected \(expected)"
         case .versionMismatch(let global, let expected, let actual):

@@ -10,11 +10,12 @@ import struct WasmKit.Module
 /// fit: ``GuestInstance/deliver(_:)``) — for a module that declared the identity extension, also `ClientIdentity`
 /// before an identified client's `Connect` — and what the guest sends back with `stateroom_send`
 /// goes to the context while the callback runs (its payload a view of guest memory, so the
-/// context encodes the frame from the guest's bytes). A trap, an exhausted budget, `proc_exit`,
-/// a `stateroom_malloc` that returns 0 or a block outside guest memory, a pointer outside guest
-/// memory or an undecodable message ends the instance: the room is closed with
-/// ``StateroomContext/closeRoom(reason:)`` (its clients get 1011), the instance is released, and
-/// every later call is a no-op.
+/// context encodes the frame from the guest's bytes); a module that imports
+/// `stateroom_client_connected` asks the same context ``StateroomContext/isConnected(_:)``. A
+/// trap, an exhausted budget, `proc_exit`, a `stateroom_malloc` that returns 0 or a block outside
+/// guest memory, a pointer outside guest memory or an undecodable message ends the instance: the
+/// room is closed with ``StateroomContext/closeRoom(reason:)`` (its clients get 1011), the
+/// instance is released, and every later call is a no-op.
 public final class WasmService: StateroomService {
     private var guest: GuestInstance?
     /// The room this instance serves.
@@ -94,7 +95,8 @@ public final class WasmService: StateroomService {
         run(guest, callback: callback, context: context) { () throws(GuestFailure) in try guest.deliver(event) }
     }
 
-    /// Runs `body` (one delivery) with the context as `stateroom_send`'s destination; a failure
+    /// Runs `body` (one delivery) with the context as `stateroom_send`'s destination and
+    /// `stateroom_client_connected`'s answer (``StateroomContext/isConnected(_:)``); a failure
     /// discards the instance and closes the room. Inlined into each `deliver`, so the v1 path is
     /// the concrete code it always was.
     @inline(__always)
@@ -108,7 +110,7 @@ public final class WasmService: StateroomService {
                 case .message(let recipient, let payload): context.send(payload, to: recipient)
                 case .setTimer(let milliseconds): context.setTimer(milliseconds: milliseconds)
                 }
-            }, body)
+            }, isConnected: { context.isConnected($0) }, body)
         } catch {
             self.guest = nil
             guest.state.flushLogs()

@@ -10,7 +10,8 @@ import Locking
 /// Serves every room from one WebAssembly module built for the Stateroom ABI (shared/ABI.md).
 ///
 /// The module is read, parsed and checked once, at start-up: required exports and their types,
-/// imports (only `env.stateroom_send` and WASI preview 1 functions), and — on a probe instance —
+/// imports (only `env.stateroom_send`, the optional `env.stateroom_client_connected` and WASI
+/// preview 1 functions), and — on a probe instance —
 /// `STATEROOM_API_VERSION == 1` and `STATEROOM_API_PROTOCOL == 0`, and, if the module exports
 /// it, `STATEROOM_IDENTITY_VERSION == 1` (the optional identity extension,
 /// StateroomWasm/IDENTITY.md; ``acceptsIdentities``). Any problem throws a
@@ -40,6 +41,10 @@ public final class WasmServiceFactory: StateroomServiceFactory {
     /// its rooms get `ClientIdentity { client, identity }` before the `Connect` of a client that
     /// has an identity. Without it, rooms get exactly ABI v1.
     public let acceptsIdentities: Bool
+    /// Whether the module imports `env.stateroom_client_connected` (the seats extension,
+    /// StateroomWasm/IDENTITY.md): its rooms can ask whether a client is connected or away in its
+    /// seat's grace. A module without the import never sees it.
+    public var importsClientConnected: Bool { plan.importsClientConnected }
     /// The module's hash and exported mutable globals: what its rooms' snapshots carry.
     let layout: SnapshotLayout
     /// ``MemoryGrower``, parsed once: restores grow a fresh instance's memory with it.

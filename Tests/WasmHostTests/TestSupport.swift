@@ -30,6 +30,17 @@ final class RecordingContext: StateroomContext {
 
     func identity(of client: ClientId) -> String? { identities[client] }
 
+    /// Clients away in their seat's grace (or not in the room): ``isConnected(_:)`` answers
+    /// false for them, true for every other client.
+    var away: Set<ClientId> = []
+    /// Every client ``isConnected(_:)`` was asked about, in order.
+    var connectedQueries: [ClientId] = []
+
+    func isConnected(_ client: ClientId) -> Bool {
+        connectedQueries.append(client)
+        return !away.contains(client)
+    }
+
     func send(_ message: MessagePayload, to recipient: MessageRecipient) {
         events.append(.send(recipient, message.kind, message.bytes))
     }

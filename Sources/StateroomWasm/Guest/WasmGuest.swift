@@ -6,6 +6,14 @@
 @_extern(c)
 func stateroom_send(_ ptr: UnsafeRawPointer?, _ len: Int32)
 
+/// `env.stateroom_client_connected(client)`: 1 if the host's room counts `client` as connected,
+/// 0 while it is away in its seat's grace or not in the room (the seats extension, IDENTITY.md).
+/// Imported only by a module whose service asks `context.isConnected(_:)` (such a module needs a
+/// host that provides it); unused, the linker drops it and the module imports what it did before.
+@_extern(wasm, module: "env", name: "stateroom_client_connected")
+@_extern(c)
+func stateroom_client_connected(_ client: UInt32) -> Int32
+
 /// Writes `len` bytes to stderr through WASI `fd_write` (the host logs them); in runtime.c.
 @_extern(c, "stateroom_log")
 func stateroom_log(_ ptr: UnsafeRawPointer?, _ len: Int)
@@ -20,12 +28,18 @@ func stateroom_trap() -> Never {
     fatalError()
 }
 
-/// The output of a guest in a wasm module: the host import `env.stateroom_send`.
+/// The output of a guest in a wasm module: the host imports `env.stateroom_send` and
+/// `env.stateroom_client_connected`.
 public struct WasmGuestOutput: GuestOutput {
     public init() {}
 
     public func emit(_ encoded: UnsafeRawBufferPointer) {
         stateroom_send(encoded.baseAddress, Int32(truncatingIfNeeded: encoded.count))
+    }
+
+    /// Asks the host (`env.stateroom_client_connected`) whether `client` is connected.
+    public func isConnected(_ client: ClientId) -> Bool {
+        stateroom_client_connected(client.rawValue) != 0
     }
 
     /// Logs `reason` on stderr and traps: the host ends the room and closes its clients with 1011.
