@@ -67,6 +67,8 @@ struct BenchCommand: ParsableCommand {
     var message: MessageKind?
     @Flag(help: "Offer permessage-deflate (RFC 7692) like a browser: compress what the senders send, inflate what arrives compressed; report bytes on the wire per delivery. With --compare, 'ours' is our server compressing against uWebSockets with SHARED_COMPRESSOR.")
     var compression = false
+    @Flag(help: "Every client opts in to a seat (?seat=new): what keeping seats costs the server (the seat message is not counted).")
+    var seats = false
     @Flag(help: "With --compression: inflate every compressed delivery, even the same bytes a load thread has just inflated for another client (default: once per thread, checked byte for byte).")
     var inflateAll = false
 
@@ -133,6 +135,7 @@ struct BenchCommand: ParsableCommand {
                 if v == .json && size == nil && s.size < 1024 { s.size = 1024 }
             }
             if compression { s.compression = true }
+            if seats { s.seats = true }
             if inflateAll { s.inflateMemo = false }
             if s.isConnectRate || !anyConnectRate {
                 if let v = connections { s.connectCount = v }

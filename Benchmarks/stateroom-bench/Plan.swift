@@ -82,6 +82,9 @@ struct Scenario: Sendable, Codable {
     /// Offer permessage-deflate (`permessage-deflate; client_max_window_bits`, as browsers do):
     /// compress what the senders send, inflate what arrives compressed.
     var compression = false
+    /// Every client opts in to a seat (`?seat=new`, docs/seats.md); the seat message that opens
+    /// each connection is not counted as a delivery.
+    var seats = false
     /// Identical compressed payloads (a broadcast compressed once reaches every client of a load
     /// thread as the same bytes) are inflated once per thread and checked byte for byte; off, every
     /// compressed delivery is inflated on its own, as each browser would.

@@ -251,7 +251,7 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, tls: TLSClient? = nil
     // Interleave rooms so connections spread over the server's shards as they open.
     for k in 0..<scenario.clientsPerRoom {
         for r in 0..<scenario.rooms {
-            paths.append(endpoint.pathPrefix + scenario.roomPrefix + String(r))
+            paths.append(endpoint.pathPrefix + scenario.roomPrefix + String(r) + (scenario.seats ? "?seat=new" : ""))
             rooms.append(r)
             senderIndex.append(k < scenario.senders ? k : -1)
         }

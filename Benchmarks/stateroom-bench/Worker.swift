@@ -546,6 +546,7 @@ final class Worker: @unchecked Sendable {
     @inline(__always)
     private func deliver(_ c: Conn, _ payload: UnsafeRawBufferPointer, now: UInt64, inWindow: Bool, compressed: Bool) {
         guard let f = Payload.parse(payload) else {
+            if scenario.seats && Self.isSeatMessage(payload) { return }
             tally.foreign += 1
             return
         }
@@ -578,6 +579,12 @@ final class Worker: @unchecked Sendable {
             c.awaitingEcho = false
             if !stopped { sendNext(c, time: monotonicNanos()) }
         }
+    }
+
+    /// The seat message a connection that opted in to a seat gets first (`{"type":"seat",…}`).
+    static func isSeatMessage(_ payload: UnsafeRawBufferPointer) -> Bool {
+        let prefix = Array(#"{"type":"seat""#.utf8)
+        return payload.count >= prefix.count && zip(payload, prefix).allSatisfy { $0 == $1 }
     }
 
     private func parse(_ c: Conn, _ buf: UnsafeMutableRawBufferPointer) {

@@ -41,8 +41,12 @@ final class Connection {
     /// Bytes of a request head that arrived in pieces (empty on the fast path).
     @exclusivity(unchecked) var httpBuffer: [UInt8] = []
     @exclusivity(unchecked) var room: Room?
-    /// The seat the client holds, when it opted in to seats (``Seat``).
-    @exclusivity(unchecked) var seat: Seat?
+    /// The room's messages queued to this connection (a seat's count: what a resume continues from).
+    @exclusivity(unchecked) var delivered: UInt64 = 0
+    /// The client holds a seat (it opted in: Seats.swift).
+    @exclusivity(unchecked) var seated = false
+    /// Its leaving ends the seat (the client closed, or was closed for good).
+    @exclusivity(unchecked) var seatEnds = false
     /// permessage-deflate, when the client agreed to it (nil for most connections).
     @exclusivity(unchecked) var deflate: ConnectionDeflate?
     /// How bytes cross the wire (``Transport``); set with ``setTLS(_:)`` and ``setPlain()``,

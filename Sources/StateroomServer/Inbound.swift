@@ -192,7 +192,7 @@ extension Shard {
             case .close(let code, _):
                 // The client left: its seat ends. Echo its code (an empty close is answered with
                 // an empty close).
-                conn.seat?.endsOnLeave = true
+                conn.seatEnds = true
                 closeWebSocket(conn, code.map { CloseCode(rawValue: $0) }, reason: "")
                 return
             case .protocolError(let code):

@@ -200,7 +200,7 @@ extension Shard {
         }
         count(.webSocketsOpen)
         let id = opened.room.add(conn, identity: accepted.identity)
-        if accepted.seat != nil { giveSeat(conn, id, identity: accepted.identity, in: opened.room) }
+        if accepted.seat != nil { giveSeat(conn, id, in: opened.room) }
         if !mayRun(opened.room) {
             deferCallback(opened.room, .connect(id))
         } else if let failure = opened.room.connect(id, self) {
@@ -231,9 +231,9 @@ extension Shard {
                 room.remove(conn)
                 releaseCompression(conn)
                 count(.webSocketsOpen, -1)
-                if room.isClosed { conn.seat = nil; continue }
+                if room.isClosed { conn.seated = false; continue }
                 // A seat dropped without a close handshake is held: the service is not told.
-                if let seat = conn.seat, seatLeft(conn, seat, in: room) { continue }
+                if conn.seated && seatLeft(conn, in: room) { continue }
                 serviceLost(conn.clientId, in: room)
             }
             while let (room, seat) = pendingSeatEnds.popLast() {
@@ -286,7 +286,7 @@ extension Shard {
     func closeWebSocket(_ conn: Connection, _ code: CloseCode?, reason: String, grace: Double? = nil) {
         guard conn.state == .open else { return }
         // The server's closes that ask the client to come back keep its seat; the others end it.
-        if let seat = conn.seat, !Self.keepsSeat(code) { seat.endsOnLeave = true }
+        if conn.seated && !Self.keepsSeat(code) { conn.seatEnds = true }
         conn.state = .closing
         enqueue(conn, bytes: code.map { closeFrame($0, reason: reason) } ?? [0x88, 0x00])
         conn.closeAfterFlush = true

@@ -53,9 +53,9 @@ extension Shard {
     /// transport seam, outbound. A client whose queue would pass the cap is closed with 1008
     /// instead; `force` (responses, control frames) skips the cap and a pending close.
     func enqueue(_ conn: Connection, frame: FrameBuffer, force: Bool = false) {
-        // A seat counts the room's messages queued to it (counted also when the socket is gone:
-        // the room's log then has what it missed).
-        if !force, let seat = conn.seat { seat.delivered &+= 1 }
+        // Messages queued to the connection are counted (also when the socket is gone: a seat's
+        // room log then has what it missed).
+        if !force { conn.delivered &+= 1 }
         if conn.state == .dead || (conn.closeAfterFlush && !force) || conn.writeShut {
             pool.release(frame)
             return

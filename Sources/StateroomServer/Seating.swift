@@ -5,6 +5,14 @@ import WireProtocol
 
 // The shard's side of seats (Seats.swift, docs/seats.md): giving a seat, holding it when its
 // connection drops, keeping what is sent to it, resuming it, and ending it.
+//
+// How the server knows what was missed: every connection counts the room's messages queued to
+// it (``Connection/delivered``), and a room with seats keeps a short log of what it sent (one
+// reference to each encoded frame, shared by every recipient: no copy per seat), bounded by the
+// resume buffer. When a seat's connection drops, the log's messages for that seat are its last
+// ones, numbered back from `delivered`: they cover frames that were in flight when the socket
+// died. From then on, what the service sends the seat is kept in it (``HeldSeat``), in order. A
+// resuming client names how many it received; the server sends it the rest.
 
 extension Shard {
     // MARK: - Joining
@@ -12,23 +20,24 @@ extension Shard {
     /// Resumes the seat `token` names in `room` for `conn`, when it can be: `conn` takes the
     /// seat's client id, then gets the seat message and every message after the client's
     /// `received`-th; the service is told nothing. False when it cannot (the caller gives a new
-    /// seat): unknown token, another identity, or a count the kept messages cannot continue.
+    /// seat): a token that is not this room's, another identity, a seat that ended, or a count
+    /// the kept messages cannot continue from.
     func resumeSeat(_ conn: Connection, token: String, received: UInt64, identity: String?, in room: Room) -> Bool {
-        guard config.resumeGrace > 0, let seats = room.seats, let seat = seats.byToken[token],
-              !seat.ended, !seat.endsOnLeave, seat.identity == identity, received <= seat.delivered else {
+        guard config.resumeGrace > 0, let seats = room.seats, let id = seats.client(of: token, roomId: room.id),
+              room.identity(of: id) == identity else {
             count(.resumesRefused)
             return false
         }
-        if !seat.held {
+        var held = seats.held[id.rawValue]
+        if held == nil, let old = room.member(id), old.seated, !old.seatEnds, received <= old.delivered {
             // A second connection for a seat in use: the first gives the seat up (4001).
-            guard let old = room.member(seat.clientId) else {
-                count(.resumesRefused)
-                return false
-            }
             leaveQuietly(old, room)
-            old.seat = nil
-            hold(seat, in: room, seats)
+            held = hold(id, delivered: old.delivered, in: room, seats)
             closeWebSocket(old, CloseCode(rawValue: 4001), reason: "seat resumed elsewhere")
+        }
+        guard let seat = held, !seat.overflowed, received <= seat.delivered else {
+            count(.resumesRefused)
+            return false
         }
         guard received &+ 1 >= seat.firstKept else {
             // Messages it did not receive are no longer kept: it comes back as a new client.
@@ -36,24 +45,26 @@ extension Shard {
             pendingSeatEnds.append((room, seat))
             return false
         }
-        room.insert(conn, as: seat.clientId)
-        conn.seat = seat
+        seats.held[id.rawValue] = nil
+        room.insert(conn, as: id)
+        seats.seated += 1
+        conn.seated = true
         count(.webSocketsOpen)
-        queueSeatMessage(conn, seat, recovered: true)
-        seat.delivered = received  // counted up again by each message sent below
+        queueSeatMessage(conn, id, seats, in: room, recovered: true)
+        conn.delivered = received  // counted up again by each message sent below
         var number = seat.firstKept
         for frame in seat.kept {
             if number > received { enqueueMessage(conn, frame) }
             number &+= 1
         }
-        unhold(seat, seats)
+        letGo(seat)
         count(.resumesRecovered)
         return true
     }
 
-    /// Gives `conn` (member `id` of `room`) a new seat and queues the seat message (with
+    /// Gives `conn` (member `id` of `room`) a seat and queues the seat message (with
     /// `"seat": null` when seats are off).
-    func giveSeat(_ conn: Connection, _ id: ClientId, identity: String?, in room: Room) {
+    func giveSeat(_ conn: Connection, _ id: ClientId, in room: Room) {
         guard config.resumeGrace > 0 else {
             enqueue(conn, bytes: Self.seatMessage(token: nil, client: id, recovered: false, grace: 0))
             return
@@ -65,16 +76,14 @@ extension Shard {
             seats = RoomSeats(logCap: config.resumeBuffer)
             room.seats = seats
         }
-        let seat = Seat(clientId: id, token: Seat.newToken(), identity: identity)
-        seats.byToken[seat.token] = seat
-        seats.byClient[id.rawValue] = seat
-        conn.seat = seat
-        queueSeatMessage(conn, seat, recovered: false)
+        seats.seated += 1
+        conn.seated = true
+        queueSeatMessage(conn, id, seats, in: room, recovered: false)
     }
 
-    private func queueSeatMessage(_ conn: Connection, _ seat: Seat, recovered: Bool) {
-        enqueue(conn, bytes: Self.seatMessage(token: seat.token, client: seat.clientId, recovered: recovered,
-                                              grace: config.resumeGrace))
+    private func queueSeatMessage(_ conn: Connection, _ id: ClientId, _ seats: RoomSeats, in room: Room, recovered: Bool) {
+        enqueue(conn, bytes: Self.seatMessage(token: seats.token(for: id, roomId: room.id), client: id,
+                                              recovered: recovered, grace: config.resumeGrace))
     }
 
     /// The seat message: a text frame, the first message on a connection that opted in.
@@ -115,17 +124,19 @@ extension Shard {
             seats.logBytes -= old.frame.count
             pool.release(old.frame)
         }
-        for seat in seats.held where !seat.ended && entry.applies(to: seat.clientId) {
+        if seats.held.isEmpty { return }
+        for seat in seats.held.values where entry.applies(to: seat.clientId) {
             keep(frame, for: seat, in: room)
         }
     }
 
-    private func keep(_ frame: FrameBuffer, for seat: Seat, in room: Room) {
-        guard seat.keptSinceDrop <= config.resumeBuffer else { return }  // ending: nothing more kept
+    private func keep(_ frame: FrameBuffer, for seat: HeldSeat, in room: Room) {
+        guard !seat.overflowed else { return }
         seat.delivered &+= 1
         seat.keptSinceDrop += frame.count
         if seat.keptSinceDrop > config.resumeBuffer {
             // Past the bound: the seat ends (once the current callback is over).
+            seat.overflowed = true
             pendingSeatEnds.append((room, seat))
             return
         }
@@ -137,19 +148,18 @@ extension Shard {
 
     // MARK: - Leaving
 
-    /// The seat's connection left: the seat is held for the grace, unless the client closed it
-    /// (or was closed for good). True when it is held (the service is not told).
-    func seatLeft(_ conn: Connection, _ seat: Seat, in room: Room) -> Bool {
-        conn.seat = nil
-        guard let seats = room.seats, !seat.endsOnLeave, !seat.ended, config.resumeGrace > 0 else {
-            if let seats = room.seats {
-                forget(seat, seats)
-                if seats.isEmpty { dropSeats(of: room) }
-            }
-            return false
+    /// A seated connection left its room: the seat is held for the grace, unless the client
+    /// closed it (or was closed for good). True when it is held (the service is not told).
+    func seatLeft(_ conn: Connection, in room: Room) -> Bool {
+        conn.seated = false
+        guard let seats = room.seats else { return false }
+        seats.seated -= 1
+        if !conn.seatEnds && config.resumeGrace > 0 {
+            _ = hold(conn.clientId, delivered: conn.delivered, in: room, seats)
+            return true
         }
-        hold(seat, in: room, seats)
-        return true
+        if seats.isEmpty { dropSeats(of: room) }
+        return false
     }
 
     /// Removes `conn` from its room without the service hearing of it (its seat lives on elsewhere).
@@ -158,59 +168,48 @@ extension Shard {
         room.remove(conn)
         releaseCompression(conn)
         count(.webSocketsOpen, -1)
+        conn.seated = false
+        room.seats?.seated -= 1
     }
 
-    /// Holds `seat` (its connection gone): the log's messages for it become its first kept ones
-    /// (numbered back from `delivered`: those a dying socket may not have delivered), and its
-    /// grace starts.
-    private func hold(_ seat: Seat, in room: Room, _ seats: RoomSeats) {
+    /// Holds client `id`'s seat (its connection gone, `delivered` messages queued to it): the
+    /// log's messages for it become its first kept ones (numbered back from `delivered`: those a
+    /// dying socket may not have delivered), and its grace starts.
+    private func hold(_ id: ClientId, delivered: UInt64, in room: Room, _ seats: RoomSeats) -> HeldSeat {
+        let seat = HeldSeat(clientId: id, delivered: delivered, deadline: now &+ Shard.nanos(config.resumeGrace))
         var mine: [FrameBuffer] = []
-        for entry in seats.log.reversed() where entry.applies(to: seat.clientId) {
-            if UInt64(mine.count) == seat.delivered { break }
+        for entry in seats.log.reversed() where entry.applies(to: id) {
+            if UInt64(mine.count) == delivered { break }
             mine.append(entry.frame)
         }
-        seat.kept = []
         for frame in mine.reversed() {
             pool.retain(frame)
             seat.kept.append(frame)
             seat.keptBytes += frame.count
         }
         count(.seatBytesKept, seat.keptBytes)
-        seat.firstKept = seat.delivered &- UInt64(mine.count) &+ 1
-        seat.keptSinceDrop = 0
-        seat.held = true
-        seat.deadline = now &+ Shard.nanos(config.resumeGrace)
-        seats.held.append(seat)
+        seat.firstKept = delivered &- UInt64(mine.count) &+ 1
+        seats.held[id.rawValue] = seat
         count(.seatsHeld)
         timers.schedule(at: seat.deadline, .seatGrace(room))
+        return seat
     }
 
     /// A held seat is taken again (resumed) or ends: it gives back what it kept.
-    private func unhold(_ seat: Seat, _ seats: RoomSeats) {
-        guard seat.held else { return }
-        seat.held = false
-        if let i = seats.held.firstIndex(where: { $0 === seat }) { seats.held.remove(at: i) }
+    private func letGo(_ seat: HeldSeat) {
         count(.seatsHeld, -1)
         count(.seatBytesKept, -seat.keptBytes)
         for frame in seat.kept { pool.release(frame) }
         seat.kept = []
         seat.keptBytes = 0
-        seat.keptSinceDrop = 0
-    }
-
-    /// The seat is gone: out of the room's tables (the tables and the log go with the last seat).
-    private func forget(_ seat: Seat, _ seats: RoomSeats) {
-        unhold(seat, seats)
-        seat.ended = true
-        seats.byToken[seat.token] = nil
-        seats.byClient[seat.clientId.rawValue] = nil
     }
 
     /// Ends a held seat (its grace or bound is over, or its client came back as someone new):
     /// the service gets the `disconnect` it did not get at the drop.
-    func endHeldSeat(_ seat: Seat, in room: Room) {
-        guard let seats = room.seats, !seat.ended, seats.byToken[seat.token] === seat else { return }
-        forget(seat, seats)
+    func endHeldSeat(_ seat: HeldSeat, in room: Room) {
+        guard let seats = room.seats, seats.held[seat.clientId.rawValue] === seat else { return }
+        seats.held[seat.clientId.rawValue] = nil
+        letGo(seat)
         if seats.isEmpty { dropSeats(of: room) }
         if room.isClosed { return }
         count(.seatsExpired)
@@ -220,7 +219,7 @@ extension Shard {
     /// The grace of some of `room`'s held seats is over.
     func seatGraceOver(_ room: Room) {
         guard let seats = room.seats, !room.isClosed else { return }
-        for seat in seats.held where seat.deadline <= now && !seat.ended {
+        for seat in seats.held.values where seat.deadline <= now {
             endHeldSeat(seat, in: room)
         }
     }
@@ -229,13 +228,12 @@ extension Shard {
     func dropSeats(of room: Room) {
         guard let seats = room.seats else { return }
         room.seats = nil
-        for seat in seats.held { unhold(seat, seats) }
+        for seat in seats.held.values { letGo(seat) }
+        seats.held = [:]
         for entry in seats.log { pool.release(entry.frame) }
         seats.log = []
         seats.logBytes = 0
-        for seat in seats.byToken.values { seat.ended = true }
-        seats.byToken = [:]
-        seats.byClient = [:]
+        for m in room.members { m.seated = false }
     }
 
     /// Whether `room` has seats held for clients who may come back (it stays open for them).
@@ -250,7 +248,7 @@ extension Shard {
     /// for it (the save covers them: they go out to connected clients before the room is let go).
     func storedSeats(of room: Room, _ lease: RoomLease?) -> StoredSeats? {
         guard let seats = room.seats, !seats.isEmpty, config.resumeGrace > 0 else { return nil }
-        var out = StoredSeats()
+        var out = StoredSeats(secret: seats.secret)
         var index: [FrameBuffer: UInt32] = [:]
         func number(_ frame: FrameBuffer) -> UInt32 {
             if let i = index[frame] { return i }
@@ -260,28 +258,29 @@ extension Shard {
             return i
         }
         let wallNow = Self.wallMilliseconds()
-        for seat in seats.byToken.values.sorted(by: { $0.clientId.rawValue < $1.clientId.rawValue }) where !seat.ended {
+        var all: [(id: ClientId, delivered: UInt64, frames: [FrameBuffer], left: Int64)] = []
+        for seat in seats.held.values where !seat.overflowed {
+            let left = Int64((seat.deadline > now ? seat.deadline - now : 0) / 1_000_000)
+            all.append((seat.clientId, seat.delivered, Array(seat.kept), left))
+        }
+        for m in room.members where m.seated && !m.seatEnds {
             var frames: [FrameBuffer] = []
-            if seat.held {
-                frames = Array(seat.kept)
-            } else {
-                for entry in seats.log.reversed() where entry.applies(to: seat.clientId) {
-                    if UInt64(frames.count) == seat.delivered { break }
-                    frames.append(entry.frame)
-                }
-                frames.reverse()
+            for entry in seats.log.reversed() where entry.applies(to: m.clientId) {
+                if UInt64(frames.count) == m.delivered { break }
+                frames.append(entry.frame)
             }
+            all.append((m.clientId, m.delivered, frames.reversed(), Int64(config.resumeGrace * 1000)))
+        }
+        for seat in all.sorted(by: { $0.id.rawValue < $1.id.rawValue }) {
+            var frames = seat.frames
             let firstKept = seat.delivered &- UInt64(frames.count) &+ 1
             for g in lease?.gated ?? [] {
                 let entry = LoggedFrame(frame: g.frame, recipient: g.recipient, joinedBefore: g.joinedBefore)
-                if entry.applies(to: seat.clientId) { frames.append(g.frame) }
+                if entry.applies(to: seat.id) { frames.append(g.frame) }
             }
-            let left = seat.held ? Int64((seat.deadline > now ? seat.deadline - now : 0) / 1_000_000)
-                                 : Int64(config.resumeGrace * 1000)
             out.seats.append(StoredSeats.Seat(
-                clientId: seat.clientId.rawValue, token: seat.token, identity: seat.identity,
-                delivered: firstKept &+ UInt64(frames.count) &- 1, firstKept: firstKept,
-                deadlineMilliseconds: wallNow + left, kept: frames.map(number)))
+                clientId: seat.id.rawValue, identity: room.identity(of: seat.id), delivered: firstKept &+ UInt64(frames.count) &- 1, firstKept: firstKept,
+                deadlineMilliseconds: wallNow + seat.left, kept: frames.map(number)))
         }
         return out.seats.isEmpty ? nil : out
     }
@@ -290,13 +289,13 @@ extension Shard {
     /// resume); each grace ends when it would have where the room was.
     func restoreSeats(_ stored: StoredSeats, in room: Room) {
         guard config.resumeGrace > 0, !stored.seats.isEmpty else { return }
-        let seats = room.seats ?? RoomSeats(logCap: config.resumeBuffer)
+        let seats = RoomSeats(logCap: config.resumeBuffer, secret: stored.secret)
         room.seats = seats
         let frames = stored.frames.map { pool.buffer(copying: $0) }
         let wallNow = Self.wallMilliseconds()
         for s in stored.seats {
-            let seat = Seat(clientId: ClientId(s.clientId), token: s.token, identity: s.identity)
-            seat.delivered = s.delivered
+            let left = max(0, s.deadlineMilliseconds - wallNow)
+            let seat = HeldSeat(clientId: ClientId(s.clientId), delivered: s.delivered, deadline: now &+ UInt64(left) * 1_000_000)
             seat.firstKept = s.firstKept
             for k in s.kept {
                 let frame = frames[Int(k)]
@@ -305,13 +304,8 @@ extension Shard {
                 seat.keptBytes += frame.count
             }
             count(.seatBytesKept, seat.keptBytes)
-            seat.held = true
-            let left = max(0, s.deadlineMilliseconds - wallNow)
-            seat.deadline = now &+ UInt64(left) * 1_000_000
-            seats.byToken[seat.token] = seat
-            seats.byClient[s.clientId] = seat
+            seats.held[s.clientId] = seat
             room.remember(identity: s.identity, of: seat.clientId)
-            seats.held.append(seat)
             count(.seatsHeld)
             timers.schedule(at: seat.deadline, .seatGrace(room))
         }

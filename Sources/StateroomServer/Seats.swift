@@ -31,56 +31,28 @@ enum SeatRequest: Sendable, Equatable {
     }
 }
 
-/// One client's place in a room, kept while the client is away (held) for the grace.
-final class Seat {
+/// A seat whose client is away, in its grace: what the room sends it is kept for its return.
+/// (A connected seat needs nothing of its own: its connection counts what it was sent,
+/// ``Connection/delivered``, and its token is derived from the room's secret.)
+final class HeldSeat {
     let clientId: ClientId
-    /// The secret a resuming client names (24 URL-safe characters, 144 random bits).
-    let token: String
-    /// The identity the seat was taken with: only the same identity resumes it.
-    let identity: String?
-    /// Messages queued to the seat so far (the last one's number; the first is 1).
-    var delivered: UInt64 = 0
-    /// Away, in its grace: messages for it are kept, the service has not been told.
-    var held = false
-    /// Its connection's leaving ends it (the client closed, or was closed for good).
-    var endsOnLeave = false
-    /// Ended (expired, overflowed, or the client closed): waits for its `disconnect`.
-    var ended = false
-    /// While held: messages `firstKept ... delivered`, oldest first (one reference each).
+    /// Messages sent to the seat so far (the last one's number; the first is 1).
+    var delivered: UInt64
+    /// Messages `firstKept ... delivered`, oldest first (one reference each).
     var kept = Deque<FrameBuffer>()
     var firstKept: UInt64 = 1
-    /// While held: bytes of every kept message, and of those sent since the drop (the bound).
+    /// Bytes of every kept message, and of those sent since the drop (the bound).
     var keptBytes = 0
     var keptSinceDrop = 0
-    /// Monotonic nanoseconds at which a held seat ends.
-    var deadline: UInt64 = 0
+    /// Past its bound: it ends once the current callback is over.
+    var overflowed = false
+    /// Monotonic nanoseconds at which it ends.
+    var deadline: UInt64
 
-    init(clientId: ClientId, token: String, identity: String?) {
+    init(clientId: ClientId, delivered: UInt64, deadline: UInt64) {
         self.clientId = clientId
-        self.token = token
-        self.identity = identity
-    }
-
-    /// A new unguessable token (the system's cryptographic generator).
-    static func newToken() -> String {
-        var rng = SystemRandomNumberGenerator()
-        var bytes: [UInt8] = []
-        for _ in 0..<18 { bytes.append(UInt8.random(in: 0...255, using: &rng)) }
-        return base64URL(bytes)
-    }
-
-    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
-
-    /// Base64url without padding (`bytes.count` a multiple of 3).
-    static func base64URL(_ bytes: [UInt8]) -> String {
-        var out: [UInt8] = []
-        var i = 0
-        while i + 2 < bytes.count {
-            let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
-            for shift in [18, 12, 6, 0] { out.append(alphabet[Int((n >> UInt32(shift)) & 63)]) }
-            i += 3
-        }
-        return String(decoding: out, as: UTF8.self)
+        self.delivered = delivered
+        self.deadline = deadline
     }
 }
 
@@ -103,19 +75,86 @@ struct LoggedFrame {
 }
 
 /// A room's seats and its log (made when the first client opts in, dropped with the last seat).
+///
+/// A seat's token is its client id and a MAC of it under the room's secret (HMAC-SHA256 by
+/// OpenSSL, cut to 14 bytes): 24 URL-safe characters, nothing stored per seat, unforgeable
+/// without the secret, which never leaves the server (and the store, with the room's seats).
 final class RoomSeats {
-    var byToken: [String: Seat] = [:]
-    var byClient: [UInt32: Seat] = [:]
-    /// Seats away, in their grace.
-    var held: [Seat] = []
+    /// 32 random bytes, the key of the room's tokens.
+    let secret: [UInt8]
+    /// Members that hold a seat.
+    var seated = 0
+    /// Seats away, in their grace, by client id.
+    var held: [UInt32: HeldSeat] = [:]
     /// The room's latest messages, oldest first, at most ``logCap`` bytes (at least one).
     var log = Deque<LoggedFrame>()
     var logBytes = 0
     let logCap: Int
 
-    init(logCap: Int) { self.logCap = logCap }
+    init(logCap: Int, secret: [UInt8]? = nil) {
+        self.logCap = logCap
+        self.secret = secret ?? Self.randomSecret()
+    }
 
-    var isEmpty: Bool { byToken.isEmpty }
+    var isEmpty: Bool { seated == 0 && held.isEmpty }
+
+    static func randomSecret() -> [UInt8] {
+        var rng = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in UInt8.random(in: 0...255, using: &rng) }
+    }
+
+    /// Client `id`'s token in room `roomId`.
+    func token(for id: ClientId, roomId: String) -> String {
+        let i = id.rawValue
+        let bytes = [UInt8(i >> 24), UInt8(truncatingIfNeeded: i >> 16), UInt8(truncatingIfNeeded: i >> 8),
+                     UInt8(truncatingIfNeeded: i)] + mac(id, roomId)
+        return Self.base64URL(bytes)
+    }
+
+    /// The client a token names, if its MAC is right (compared in constant time).
+    func client(of token: String, roomId: String) -> ClientId? {
+        guard let bytes = Self.decodeBase64URL(token), bytes.count == 18 else { return nil }
+        let id = ClientId(UInt32(bytes[0]) << 24 | UInt32(bytes[1]) << 16 | UInt32(bytes[2]) << 8 | UInt32(bytes[3]))
+        let expected = mac(id, roomId)
+        return constantTimeEquals(Array(bytes[4...]), expected) ? id : nil
+    }
+
+    private func mac(_ id: ClientId, _ roomId: String) -> [UInt8] {
+        let message = Array("stateroom seat \(id.rawValue) \(roomId)".utf8)
+        return Array(hmacSHA256(key: secret, message).prefix(14))
+    }
+
+    private static let alphabet = Array("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_".utf8)
+
+    /// Base64url without padding (`bytes.count` a multiple of 3).
+    static func base64URL(_ bytes: [UInt8]) -> String {
+        var out: [UInt8] = []
+        var i = 0
+        while i + 2 < bytes.count {
+            let n = UInt32(bytes[i]) << 16 | UInt32(bytes[i + 1]) << 8 | UInt32(bytes[i + 2])
+            for shift in [18, 12, 6, 0] { out.append(alphabet[Int((n >> UInt32(shift)) & 63)]) }
+            i += 3
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
+    /// What ``base64URL(_:)`` wrote (a multiple of 4 characters); nil for anything else.
+    static func decodeBase64URL(_ text: String) -> [UInt8]? {
+        let chars = Array(text.utf8)
+        guard chars.count % 4 == 0, chars.count <= 64 else { return nil }
+        var out: [UInt8] = []
+        var i = 0
+        while i < chars.count {
+            var n: UInt32 = 0
+            for c in chars[i..<i + 4] {
+                guard let v = alphabet.firstIndex(of: c) else { return nil }
+                n = n << 6 | UInt32(v)
+            }
+            out += [UInt8(n >> 16), UInt8(truncatingIfNeeded: n >> 8), UInt8(truncatingIfNeeded: n)]
+            i += 4
+        }
+        return out
+    }
 }
 
 extension Room {

@@ -62,7 +62,7 @@ final class Shard {
     @exclusivity(unchecked) var failedRooms: [(Room, RoomFailure)] = []
     /// Held seats to end once the current callback is over (past their bound, or resumed from a
     /// count that cannot be continued).
-    var pendingSeatEnds: [(Room, Seat)] = []
+    var pendingSeatEnds: [(Room, HeldSeat)] = []
     /// Upgraded sockets waiting for their queued response to drain before they move to the shard
     /// owning their room, by slot.
     var parked: [UInt32: (owner: Int, upgrade: AcceptedUpgrade, rest: [UInt8])] = [:]

@@ -99,13 +99,20 @@ async def expect(ws, text: str) -> None:
     assert got == text
 
 
-def metric(server, name: str) -> float:
+def metric(server, name: str, want: float | None = None) -> float:
+    """`name`'s total in /metrics; with `want`, polled until it has that value (shards publish
+    their counters once per loop turn: a count can trail what the client saw by a moment)."""
+    import time
     import urllib.request
-    body = urllib.request.urlopen(server.http_url("/metrics"), timeout=5).read().decode()
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    raise AssertionError(f"{name} not in /metrics")
+    deadline = time.monotonic() + 5
+    while True:
+        body = urllib.request.urlopen(server.http_url("/metrics"), timeout=5).read().decode()
+        value = next((float(line.split()[1]) for line in body.splitlines() if line.startswith(name + " ")), None)
+        if value is None:
+            raise AssertionError(f"{name} not in /metrics")
+        if want is None or value == want or time.monotonic() > deadline:
+            return value
+        time.sleep(0.02)
 
 
 def test_a_resume_within_the_grace_gets_every_missed_message_once_and_the_service_sees_nothing(server_factory):
@@ -135,8 +142,8 @@ def test_a_resume_within_the_grace_gets_every_missed_message_once_and_the_servic
         # The service never heard of the drop: no leave, no second join, nothing twice.
         assert await silent(b, 0.3) == []
         assert await silent(back.ws, 0.3) == []
-        assert metric(server, "stateroom_resumes_recovered_total") == 1
-        assert metric(server, "stateroom_seats_held") == 0
+        assert metric(server, "stateroom_resumes_recovered_total", 1) == 1
+        assert metric(server, "stateroom_seats_held", 0) == 0
         await b.close()
         await back.ws.close()
 
@@ -210,7 +217,7 @@ def test_the_service_hears_of_the_drop_when_the_grace_ends(server_factory):
         assert late.token != a.token
         assert await late.recv() == "Welcome, client3!"
         await expect(b, "client3 has joined the chat")
-        assert metric(server, "stateroom_seats_expired_total") == 1
+        assert metric(server, "stateroom_seats_expired_total", 1) == 1
 
     run(main())
 
@@ -284,7 +291,7 @@ def test_unknown_foreign_and_malformed_resumes_get_a_new_seat(server_factory):
         # None of those touched the seat: its owner still resumes it.
         back = await resume(server.ws_url("one"), a)
         assert (back.hello["recovered"], back.client) == (True, 1)
-        assert metric(server, "stateroom_resumes_refused_total") == 4
+        assert metric(server, "stateroom_resumes_refused_total", 4) == 4
 
     run(main())
 
@@ -429,7 +436,7 @@ def test_a_seat_moves_with_its_room_to_another_node(server_factory, redis):
         await c.send("increment")
         await expect(c, "new value: 4")
         assert await back.recv() == "new value: 4"
-        assert b_node.metric("stateroom_resumes_recovered_total") == 1
+        assert metric(b_node, "stateroom_resumes_recovered_total", 1) == 1
 
     run(main())
 

@@ -480,3 +480,18 @@ private func printable(_ value: String) -> String {
     }
     return ok ? value : "(unprintable)"
 }
+
+/// HMAC-SHA256 of `message` under `key` (OpenSSL).
+func hmacSHA256(key: [UInt8], _ message: [UInt8]) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: 32)
+    var length: UInt32 = 0
+    key.withUnsafeBytes { k in
+        message.withUnsafeBytes { m in
+            out.withUnsafeMutableBytes { o in
+                _ = HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), m.baseAddress?.assumingMemoryBound(to: UInt8.self), m.count,
+                         o.baseAddress?.assumingMemoryBound(to: UInt8.self), &length)
+            }
+        }
+    }
+    return out
+}

@@ -78,18 +78,18 @@ struct StoredRoom: Equatable, Sendable {
     static func channel(of node: String) -> String { "stateroom:node:\(node)" }
 }
 
-/// A room's seats as stored with it (``StoredRoom``): each distinct message frame once, and per
-/// seat its client id, token, identity, count of messages sent to it, the numbers of the messages
-/// it keeps (from `firstKept` on, as indices into the frames), and when its grace ends.
+/// A room's seats as stored with it (``StoredRoom``): the room's token secret, each distinct
+/// message frame once, and per seat its client id, identity, count of messages sent to it, the
+/// numbers of the messages it keeps (from `firstKept` on, as indices into the frames), and when
+/// its grace ends.
 ///
-/// Layout: a `u32` frame count, each frame's bytes; a `u32` seat count, each seat: client id
-/// (`u32`), token (string), identity (`u32` 0 or 1, then a string), delivered and first kept
+/// Layout: the secret (bytes); a `u32` frame count, each frame's bytes; a `u32` seat count, each
+/// seat: client id (`u32`), identity (`u32` 0 or 1, then a string), delivered and first kept
 /// (`i64` each), the grace's end in Unix milliseconds (`i64`), a `u32` count of kept messages
 /// and each one's frame index (`u32`).
 struct StoredSeats: Equatable, Sendable {
     struct Seat: Equatable, Sendable {
         var clientId: UInt32
-        var token: String
         var identity: String?
         var delivered: UInt64
         var firstKept: UInt64
@@ -97,17 +97,18 @@ struct StoredSeats: Equatable, Sendable {
         var kept: [UInt32]
     }
 
+    var secret: [UInt8]
     /// Complete WebSocket frames (header and payload), as they were sent.
     var frames: [[UInt8]] = []
     var seats: [Seat] = []
 
     func write(to w: inout SnapshotWriter) {
+        w.write(bytes: secret)
         w.write(UInt32(frames.count))
         for f in frames { w.write(bytes: f) }
         w.write(UInt32(seats.count))
         for s in seats {
             w.write(s.clientId)
-            w.write(s.token)
             if let identity = s.identity {
                 w.write(UInt32(1))
                 w.write(identity)
@@ -122,18 +123,20 @@ struct StoredSeats: Equatable, Sendable {
         }
     }
 
-    init(frames: [[UInt8]] = [], seats: [Seat] = []) {
+    init(secret: [UInt8], frames: [[UInt8]] = [], seats: [Seat] = []) {
+        self.secret = secret
         self.frames = frames
         self.seats = seats
     }
 
     init(reading r: inout SnapshotReader) throws(SnapshotError) {
+        secret = try r.bytes("seat secret")
+        guard secret.count == 32 else { throw SnapshotError("seat secret of \(secret.count) bytes, not 32") }
         let frameCount = try r.uint32("seat frame count")
         for _ in 0..<frameCount { frames.append(try r.bytes("seat frame")) }
         let seatCount = try r.uint32("seat count")
         for _ in 0..<seatCount {
             let clientId = try r.uint32("seat client id")
-            let token = try r.string("seat token")
             let identity: String? = try r.uint32("seat identity present") == 1 ? try r.string("seat identity") : nil
             let delivered = UInt64(bitPattern: try r.int64("seat delivered"))
             let firstKept = UInt64(bitPattern: try r.int64("seat first kept"))
@@ -148,7 +151,7 @@ struct StoredSeats: Equatable, Sendable {
             guard firstKept &+ UInt64(kept.count) == delivered &+ 1 else {
                 throw SnapshotError("seat \(clientId): \(kept.count) kept messages do not end at \(delivered)")
             }
-            seats.append(Seat(clientId: clientId, token: token, identity: identity, delivered: delivered,
+            seats.append(Seat(clientId: clientId, identity: identity, delivered: delivered,
                               firstKept: firstKept, deadlineMilliseconds: deadline, kept: kept))
         }
     }
