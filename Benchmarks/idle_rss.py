@@ -69,15 +69,17 @@ def rss_bytes(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def open_batch(port: int, rooms: list[str], prefix: str, batch: int = 256) -> list[socket.socket]:
-    """Opens one WebSocket per entry of `rooms`, `batch` handshakes at a time."""
+def open_batch(port: int, rooms: list[str], prefix: str, batch: int = 256, seats: bool = False) -> list[socket.socket]:
+    """Opens one WebSocket per entry of `rooms`, `batch` handshakes at a time (with `seats`, each
+    opts in to a seat and its seat message is read)."""
     out: list[socket.socket] = []
     key = base64.b64encode(os.urandom(16)).decode()
     for start in range(0, len(rooms), batch):
         group = []
         for room in rooms[start:start + batch]:
             s = socket.create_connection(("127.0.0.1", port))
-            s.sendall((f"GET /ws/{prefix}{room} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            query = "?seat=new" if seats else ""
+            s.sendall((f"GET /ws/{prefix}{room}{query} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
                        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
                        "Sec-WebSocket-Version: 13\r\n\r\n").encode())
             group.append(s)
@@ -91,6 +93,12 @@ def open_batch(port: int, rooms: list[str], prefix: str, batch: int = 256) -> li
                 head += chunk
             if not head.startswith(b"HTTP/1.1 101"):
                 raise SystemExit(f"upgrade refused: {head[:80]!r}")
+            if seats:
+                rest = head.split(b"\r\n\r\n", 1)[1]
+                while len(rest) < 2 or len(rest) < 2 + (rest[1] & 0x7F):
+                    rest += s.recv(4096)
+                if b'"type":"seat"' not in rest:
+                    raise SystemExit(f"no seat message: {rest[:80]!r}")
         out.extend(group)
     return out
 
@@ -135,17 +143,17 @@ def one_round(args, n: int) -> dict:
     socks: list[socket.socket] = []
     try:
         # Warm up: a few connections in a throwaway room, closed again.
-        for s in open_batch(port, ["0"] * 8, "warm"):
+        for s in open_batch(port, ["0"] * 8, "warm", seats=args.seats):
             s.close()
         time.sleep(0.3)
         base = settle(proc.pid)
         rooms = [str(i // args.room_size) for i in range(n)]
         half = n // 2
-        socks += open_batch(port, rooms[:half], "r")
+        socks += open_batch(port, rooms[:half], "r", seats=args.seats)
         if args.touch:
             touch_rooms(socks, args.room_size)
         mid = settle(proc.pid)
-        socks += open_batch(port, rooms[half:], "r")
+        socks += open_batch(port, rooms[half:], "r", seats=args.seats)
         if args.touch:
             touch_rooms(socks[half:], args.room_size)
         full = settle(proc.pid)
@@ -171,6 +179,7 @@ def main() -> None:
     ap.add_argument("--io", default="uring")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--touch", action="store_true", help="one broadcast per room once all are open")
+    ap.add_argument("--seats", action="store_true", help="every client opts in to a seat (?seat=new)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if args.connections < 2 or args.connections > 19_000:
@@ -191,7 +200,7 @@ def main() -> None:
         return
     who = "socketify (uWebSockets)" if args.peer == "socketify" else f"{args.server} --shards {args.shards} --io {args.io}"
     print(f"{who}: {args.connections} idle WebSockets in rooms of {args.room_size}"
-          f"{', one broadcast per room' if args.touch else ''}")
+          f"{', one broadcast per room' if args.touch else ''}{', every client seated' if args.seats else ''}")
     for i, r in enumerate(results):
         print(f"  round {i + 1}: RSS {r['base'] / 1e6:.1f} -> {r['half'] / 1e6:.1f} -> {r['full'] / 1e6:.1f} MB;"
               f" {r['slope']:.0f} B per connection (slope), {r['perConnection']:.0f} B (total / N)")

@@ -27,6 +27,9 @@ struct Connector {
     /// message on its own whatever it answers, which is valid with or without context takeover.
     static let deflateOffer = "permessage-deflate; client_max_window_bits"
 
+    /// Each connection opted in to a seat: its seat message follows the 101 and is read here.
+    var expectSeat = false
+
     init(endpoint: Endpoint, window: Int, timeout: Double, tls: TLSClient? = nil, offerDeflate: Bool = false) {
         self.endpoint = endpoint
         self.window = window
@@ -219,6 +222,17 @@ struct Connector {
                     && parts[1].trimmingCharacters(in: .whitespaces) == p.accept
             }
             guard accepted else { return fail(p, "bad Sec-WebSocket-Accept") }
+            var end = end
+            if expectSeat {
+                // The seat message follows the head (a short text frame): wait for all of it.
+                let extra = p.response.count - end
+                if extra < 2 || extra < 2 + Int(p.response[end + 1] & 0x7F) { return }
+                let frame = p.response[end..<(end + 2 + Int(p.response[end + 1] & 0x7F))]
+                guard frame.first == 0x81, String(decoding: frame.dropFirst(2), as: UTF8.self).hasPrefix(#"{"type":"seat""#) else {
+                    return fail(p, "no seat message after the 101 response")
+                }
+                end = frame.endIndex
+            }
             if p.response.count > end { return fail(p, "unexpected bytes after the 101 response") }
             var answers: [String] = []
             for line in head.split(separator: "\r\n") {

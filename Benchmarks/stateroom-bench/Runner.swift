@@ -256,7 +256,8 @@ func runScenario(_ scenario: Scenario, endpoint: Endpoint, tls: TLSClient? = nil
             senderIndex.append(k < scenario.senders ? k : -1)
         }
     }
-    let connector = Connector(endpoint: endpoint, window: 256, timeout: 15, tls: tls, offerDeflate: scenario.compression)
+    var connector = Connector(endpoint: endpoint, window: 256, timeout: 15, tls: tls, offerDeflate: scenario.compression)
+    connector.expectSeat = scenario.seats
     var opened = try connector.open(paths: paths) { n in
         progress.line("[\(label)] connecting: \(n)/\(paths.count)")
     }
