@@ -125,12 +125,24 @@ class Client:
 
     async def frame(self) -> bytes:
         b0, b1 = await self.reader.readexactly(2)
+        self.opcode = b0 & 0x0F
         n = b1 & 0x7F
         if n == 126:
             n = int.from_bytes(await self.reader.readexactly(2), "big")
         elif n == 127:
             n = int.from_bytes(await self.reader.readexactly(8), "big")
         return await self.reader.readexactly(n)
+
+    async def until_closed(self) -> None:
+        """Reads until the server's close frame, then hangs up (no close of our own)."""
+        try:
+            while True:
+                await self.frame()
+                if self.opcode == 0x8:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        self.abort()
 
     def abort(self) -> None:
         self.writer.transport.abort()
@@ -241,33 +253,31 @@ def storm(args, use_tls: bool) -> None:
         tls = ssl.create_default_context(cafile=cert)
     port = free_port()
     proc, _ = start_server(args, *extra, port=port)
-    try:
-        n = args.storm
-        paths = [f"/ws/s{i // 100}?seat=new" for i in range(n)]
+    n = args.storm
+    paths = [f"/ws/s{i // 100}?seat=new" for i in range(n)]
 
-        async def before():
-            clients = await open_many(port, paths, tls, args.window)
-            return [(c.hello["seat"], p.split("?")[0]) for c, p in zip(clients, paths)], clients
-
-        seats, clients = asyncio.run(before())
-        stop(proc)  # SIGTERM: rooms and their seats are stored, clients get 1012
-        for c in clients:
-            c.abort()
+    async def scenario():
+        nonlocal proc
+        clients = await open_many(port, paths, tls, args.window)
+        seats = [(c.hello["seat"], p.split("?")[0]) for c, p in zip(clients, paths)]
+        # SIGTERM: rooms and their seats are stored, clients get 1012 and hang up.
+        proc.terminate()
+        await asyncio.gather(*(c.until_closed() for c in clients))
+        await asyncio.to_thread(proc.wait, 30)
         del clients
-        proc, _ = start_server(args, *extra, port=port)
+        proc, _ = await asyncio.to_thread(start_server, args, *extra, port=port)
         cpu0 = cpu_seconds(proc.pid)
-
-        async def after():
-            t0 = time.perf_counter()
-            back = await open_many(port, [f"{room}?seat={token}&received=0" for token, room in seats], tls, args.window)
-            t1 = time.perf_counter()
-            recovered = sum(1 for c in back if c.hello["recovered"])
-            for c in back:
-                c.abort()
-            return t1 - t0, recovered
-
-        seconds, recovered = asyncio.run(after())
+        t0 = time.perf_counter()
+        back = await open_many(port, [f"{room}?seat={token}&received=0" for token, room in seats], tls, args.window)
+        seconds = time.perf_counter() - t0
         cpu = cpu_seconds(proc.pid) - cpu0
+        recovered = sum(1 for c in back if c.hello["recovered"])
+        for c in back:
+            c.abort()
+        return seconds, recovered, cpu
+
+    try:
+        seconds, recovered, cpu = asyncio.run(scenario())
         print(f"storm{' (TLS)' if use_tls else ''}: {n} seats resuming at once after a graceful restart "
               f"(rooms of 100, {args.window} connects in flight): {recovered}/{n} recovered in {seconds:.2f} s "
               f"({n / seconds:.0f}/s); server CPU {cpu:.2f} s ({cpu / n * 1e6:.0f} µs per resume, "
