@@ -18,7 +18,6 @@ import pytest
 
 from browser import HeadlessChromium, chromium_binary
 from conftest import REPO_ROOT
-from test_seat_client import needs_seats
 from wsraw import expect, http_get, run, ws_connect
 
 PAGE = """<!doctype html>
@@ -164,7 +163,6 @@ def values(lines: list[str]) -> list[str]:
     return [line.removeprefix("message ") for line in lines if line.startswith("message ")]
 
 
-@needs_seats
 @pytest.mark.parametrize("cut", ["the server sees the drop", "the server does not see the drop"])
 def test_a_browser_resumes_its_seat_after_a_cut_and_misses_nothing(server_factory, tmp_path, cut):
     chromium_binary()  # a missing browser fails here, with the reason

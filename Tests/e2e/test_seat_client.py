@@ -4,27 +4,10 @@ messages it missed, in order, then the live stream."""
 
 from __future__ import annotations
 
-import subprocess
-
-import pytest
-
-from conftest import server_binary
 from seatclient import SeatClient
 from wsraw import expect, run, ws_connect
 
 
-def server_has_seats() -> bool:
-    binary = server_binary()
-    if not binary.exists():
-        return False
-    help_text = subprocess.run([str(binary), "--help"], capture_output=True, text=True, timeout=20).stdout
-    return "--resume-grace" in help_text
-
-
-needs_seats = pytest.mark.skipif(not server_has_seats(), reason="the server has no --resume-grace (no seats)")
-
-
-@needs_seats
 def test_a_dropped_seat_resumes_with_what_it_missed(server_factory):
     server = server_factory(service="counter")
 
