@@ -35,18 +35,16 @@ final class Connection {
     /// Shut the write side once everything queued has gone out.
     @exclusivity(unchecked) var closeAfterFlush = false
     @exclusivity(unchecked) var writeShut = false
-    /// When the client last sent anything (monotonic nanoseconds).
-    @exclusivity(unchecked) var lastHeard: UInt64
-    @exclusivity(unchecked) var parser: FrameParser
-    /// Bytes of a request head that arrived in pieces (empty on the fast path).
-    @exclusivity(unchecked) var httpBuffer: [UInt8] = []
-    @exclusivity(unchecked) var room: Room?
-    /// The room's messages queued to this connection (a seat's count: what a resume continues from).
-    @exclusivity(unchecked) var delivered: UInt64 = 0
     /// The client holds a seat (it opted in: Seats.swift).
     @exclusivity(unchecked) var seated = false
     /// Its leaving ends the seat (the client closed, or was closed for good).
     @exclusivity(unchecked) var seatEnds = false
+    /// When the client last sent anything (monotonic nanoseconds).
+    @exclusivity(unchecked) var lastHeard: UInt64
+    @exclusivity(unchecked) var parser: FrameParser
+    @exclusivity(unchecked) var room: Room?
+    /// The room's messages queued to this connection (a seat's count: what a resume continues from).
+    @exclusivity(unchecked) var delivered: UInt64 = 0
     /// permessage-deflate, when the client agreed to it (nil for most connections).
     @exclusivity(unchecked) var deflate: ConnectionDeflate?
     /// How bytes cross the wire (``Transport``); set with ``setTLS(_:)`` and ``setPlain()``,

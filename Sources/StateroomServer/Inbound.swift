@@ -89,19 +89,17 @@ extension Shard {
     // MARK: - Request heads
 
     private func onHTTPBytes(_ conn: Connection, _ buf: UnsafeMutableRawBufferPointer) {
-        if conn.httpBuffer.isEmpty {
-            let consumed = processHTTP(conn, buf)
-            if consumed < buf.count, conn.state == .http {
-                conn.httpBuffer.append(contentsOf: UnsafeRawBufferPointer(rebasing: buf[consumed...]))
-            }
-        } else {
-            conn.httpBuffer.append(contentsOf: UnsafeRawBufferPointer(buf))
-            var pending = conn.httpBuffer
-            conn.httpBuffer = []
+        if var pending = partialHeads.removeValue(forKey: conn.slot) {
+            pending.append(contentsOf: UnsafeRawBufferPointer(buf))
             let consumed = pending.withUnsafeMutableBytes { processHTTP(conn, $0) }
             if consumed < pending.count, conn.state == .http {
                 pending.removeFirst(consumed)
-                conn.httpBuffer = pending
+                partialHeads[conn.slot] = pending
+            }
+        } else {
+            let consumed = processHTTP(conn, buf)
+            if consumed < buf.count, conn.state == .http {
+                partialHeads[conn.slot] = Array(UnsafeRawBufferPointer(rebasing: buf[consumed...]))
             }
         }
         if conn.state == .http { armReceive(conn, multishot: false) }

@@ -331,6 +331,7 @@ extension Shard {
     /// handed to another shard). Nothing of it may be in flight.
     private func release(_ conn: Connection, closeDescriptor: Bool) {
         guard conns.remove(conn) else { return }
+        if !partialHeads.isEmpty { partialHeads[conn.slot] = nil }
         outbox.releaseAll(&conn.queue)
         // Still a member until the leave is handled (its room counts it by `deflate`): released then.
         if conn.room == nil { releaseCompression(conn) }

@@ -66,6 +66,9 @@ final class Shard {
     /// Upgraded sockets waiting for their queued response to drain before they move to the shard
     /// owning their room, by slot.
     var parked: [UInt32: (owner: Int, upgrade: AcceptedUpgrade, rest: [UInt8])] = [:]
+    /// Bytes of request heads that arrived in pieces, by slot (kept here, not in every
+    /// ``Connection``: most heads arrive whole).
+    var partialHeads: [UInt32: [UInt8]] = [:]
     var accept = AcceptState()
     /// The server-wide connection counts, when a limit needs them.
     let admission: Admission?
