@@ -154,7 +154,8 @@ extension Shard {
         conn.seated = false
         guard let seats = room.seats else { return false }
         seats.seated -= 1
-        if !conn.seatEnds && config.resumeGrace > 0 {
+        // A server stopping without a store keeps nothing: its seats would die with it.
+        if !conn.seatEnds && config.resumeGrace > 0 && !(shuttingDown && durable == nil) {
             _ = hold(conn.clientId, delivered: conn.delivered, in: room, seats)
             return true
         }

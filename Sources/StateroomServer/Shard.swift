@@ -222,6 +222,8 @@ final class Shard {
             if shuttingDown && conns.count == 0 && (durable?.savesInFlight ?? 0) == 0 { running = false }
         }
         loop.flush()
+        // What rooms still hold for seats goes back to the pool.
+        for room in rooms.all { dropSeats(of: room) }
     }
 
     private func handle(_ c: Completion) {
