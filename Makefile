@@ -1,7 +1,7 @@
 # Stateroom for Swift. `make run` serves the built-in counter on :8080; `make test` runs every test.
 SWIFT ?= swift
 PYTHON ?= python3
-APT_PACKAGES := liburing-dev libssl-dev openssl zlib1g-dev libdeflate-dev wabt chromium libhiredis-dev redis-server haproxy nodejs
+APT_PACKAGES := liburing-dev libssl-dev openssl zlib1g-dev libdeflate-dev wabt chromium libhiredis-dev redis-server haproxy nodejs curl
 SERVER := .build/release/stateroom-server
 PORT ?= 8080
 
