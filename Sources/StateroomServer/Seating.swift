@@ -1,4 +1,3 @@
-import Glibc
 import IOCore
 import Stateroom
 import WireProtocol
@@ -258,7 +257,7 @@ extension Shard {
             index[frame] = i
             return i
         }
-        let wallNow = Self.wallMilliseconds()
+        let wallNow = Int64(TokenAuthenticator.wallClock() * 1000)
         var all: [(id: ClientId, delivered: UInt64, frames: [FrameBuffer], left: Int64)] = []
         for seat in seats.held.values where !seat.overflowed {
             let left = Int64((seat.deadline > now ? seat.deadline - now : 0) / 1_000_000)
@@ -293,7 +292,7 @@ extension Shard {
         let seats = RoomSeats(logCap: config.resumeBuffer, secret: stored.secret)
         room.seats = seats
         let frames = stored.frames.map { pool.buffer(copying: $0) }
-        let wallNow = Self.wallMilliseconds()
+        let wallNow = Int64(TokenAuthenticator.wallClock() * 1000)
         for s in stored.seats {
             let left = max(0, s.deadlineMilliseconds - wallNow)
             let seat = HeldSeat(clientId: ClientId(s.clientId), delivered: s.delivered, deadline: now &+ UInt64(left) * 1_000_000)
@@ -311,14 +310,5 @@ extension Shard {
             timers.schedule(at: seat.deadline, .seatGrace(room))
         }
         for frame in frames { pool.release(frame) }
-    }
-
-    // MARK: - Wall clock
-
-    /// Milliseconds since the Unix epoch (seat deadlines stored with a room).
-    static func wallMilliseconds() -> Int64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
     }
 }

@@ -189,20 +189,7 @@ public final class JWTVerifier: @unchecked Sendable {
     private func signatureIsValid(_ signature: [UInt8], over input: ArraySlice<UInt8>) -> Bool {
         switch key {
         case .hmac(let secret):
-            guard signature.count == 32 else { return false }
-            var mac = [UInt8](repeating: 0, count: 64)  // EVP_MAX_MD_SIZE
-            var length: UInt32 = 0
-            let done = secret.withUnsafeBytes { k in
-                input.withUnsafeBufferPointer { d in
-                    mac.withUnsafeMutableBufferPointer { m in
-                        HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), d.baseAddress, d.count, m.baseAddress, &length)
-                    }
-                }
-            }
-            guard done != nil, length == 32 else {
-                ERR_clear_error()
-                return false
-            }
+            guard signature.count == 32, let mac = hmacSHA256(key: secret, input) else { return false }
             return CRYPTO_memcmp(mac, signature, 32) == 0
         case .rsa(let pkey):
             // RSASSA-PKCS1-v1_5: the signature is exactly as long as the modulus (RFC 8017 §8.2.2).
@@ -481,17 +468,21 @@ private func printable(_ value: String) -> String {
     return ok ? value : "(unprintable)"
 }
 
-/// HMAC-SHA256 of `message` under `key` (OpenSSL).
-func hmacSHA256(key: [UInt8], _ message: [UInt8]) -> [UInt8] {
-    var out = [UInt8](repeating: 0, count: 32)
+/// HMAC-SHA256 of `message` under `key` (OpenSSL): 32 bytes, nil if OpenSSL failed. JWT's HS256
+/// and seat tokens (Seats.swift).
+func hmacSHA256(key: [UInt8], _ message: ArraySlice<UInt8>) -> [UInt8]? {
+    var out = [UInt8](repeating: 0, count: 64)  // EVP_MAX_MD_SIZE
     var length: UInt32 = 0
-    key.withUnsafeBytes { k in
-        message.withUnsafeBytes { m in
-            out.withUnsafeMutableBytes { o in
-                _ = HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), m.baseAddress?.assumingMemoryBound(to: UInt8.self), m.count,
-                         o.baseAddress?.assumingMemoryBound(to: UInt8.self), &length)
+    let done = key.withUnsafeBytes { k in
+        message.withUnsafeBufferPointer { m in
+            out.withUnsafeMutableBufferPointer { o in
+                HMAC(EVP_sha256(), k.baseAddress, Int32(k.count), m.baseAddress, m.count, o.baseAddress, &length)
             }
         }
     }
-    return out
+    guard done != nil, length == 32 else {
+        ERR_clear_error()
+        return nil
+    }
+    return Array(out.prefix(32))
 }
