@@ -40,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from idle_rss import rss_bytes, settle  # same folder: RSS readings as idle_rss.py takes them
+
 REPO = Path(__file__).resolve().parents[1]
 LISTEN_RE = re.compile(rb"listening on https?://[^\s:/]+:(\d+)")
 KEY = base64.b64encode(os.urandom(16)).decode()
@@ -72,24 +74,6 @@ def stop(proc: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-
-
-def rss(pid: int) -> int:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS")
-
-
-def settle(pid: int) -> int:
-    last = rss(pid)
-    for _ in range(20):
-        time.sleep(0.25)
-        now = rss(pid)
-        if now == last:
-            return now
-        last = now
-    return last
 
 
 def cpu_seconds(pid: int) -> float:

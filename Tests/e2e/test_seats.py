@@ -84,6 +84,17 @@ async def resume(url: str, s: Seated) -> Seated:
     return await seat(url, f"seat={s.token}&received={s.received}", s.received)
 
 
+async def seated_then_away(url: str) -> tuple[Seated, object]:
+    """In a chat room: a seated client 1 (its welcome read) and a plain client 2, then client 1
+    drops without a close. Returns both."""
+    a = await seat(url)
+    assert await a.recv() == "Welcome, client1!"
+    b = await connect(url)
+    await expect(b, "Welcome, client2!")
+    a.drop()
+    return a, b
+
+
 async def silent(ws, seconds: float) -> list[str]:
     """What `ws` receives within `seconds` (expected: nothing)."""
     got = []
@@ -205,11 +216,7 @@ def test_the_service_hears_of_the_drop_when_the_grace_ends(server_factory):
     url = server.ws_url("grace")
 
     async def main():
-        a = await seat(url)
-        await a.recv()
-        b = await connect(url)
-        await expect(b, "Welcome, client2!")
-        a.drop()
+        a, b = await seated_then_away(url)
         assert await silent(b, 0.6) == []  # still in its grace
         await expect(b, "client1 has left the chat")  # at the end of it
         late = await resume(url, a)
@@ -227,11 +234,7 @@ def test_a_seat_whose_buffer_overflows_ends_at_once(server_factory):
     url = server.ws_url("overflow")
 
     async def main():
-        a = await seat(url)
-        await a.recv()
-        b = await connect(url)
-        await expect(b, "Welcome, client2!")
-        a.drop()
+        a, b = await seated_then_away(url)
         await asyncio.sleep(0.2)
         big = "x" * 600
         await b.send(big)
@@ -466,3 +469,58 @@ def test_after_a_crash_a_resume_is_refused_not_served_a_wrong_history(server_fac
         assert await back.recv() == "new value: 3"  # the room itself is back
 
     run(after())
+
+
+# -- Under repeated cuts ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("server_sees_it", [True, False], ids=["server sees the cut", "server does not"])
+def test_repeated_cuts_under_load_lose_nothing_and_repeat_nothing(server_factory, server_sees_it):
+    """A counter incremented without pause by another client; the seated reader's connection is
+    cut six times, at seeded random moments (`STATEROOM_SEATS_SEED`), through a proxy that closes
+    the TCP connection without a close frame (and, when the server must not see it, keeps the
+    server's side open and throws away what it sends). Every value arrives once, in order."""
+    import os
+    import random
+    from test_resume_browser import CuttableProxy
+
+    seed = int(os.environ.get("STATEROOM_SEATS_SEED", "1"))
+    rng = random.Random(seed)
+    server = server_factory(service="counter")
+    proxy = CuttableProxy(server.port, keep_upstream=not server_sees_it)
+    via_proxy = f"ws://127.0.0.1:{proxy.port}/ws/cuts"
+
+    async def main():
+        stop = asyncio.Event()
+        last = 0
+
+        async def writer():
+            nonlocal last
+            b = await connect(server.ws_url("cuts"))
+            while not stop.is_set():
+                await b.send("increment")
+                last = int((await asyncio.wait_for(b.recv(), TIMEOUT)).split()[-1])
+                await asyncio.sleep(0.001)
+
+        a = await seat(via_proxy)  # seated before the first increment
+        task = asyncio.create_task(writer())
+        values: list[int] = []
+        for cut in range(6):
+            for _ in range(rng.randint(3, 30)):
+                values.append(int((await a.recv()).split()[-1]))
+            proxy.cut()
+            a.drop()
+            await asyncio.sleep(rng.uniform(0, 0.3))
+            proxy.restore()
+            a = await resume(via_proxy, a)
+            assert a.hello["recovered"] is True, f"cut {cut} (seed {seed}): {a.hello}"
+        stop.set()
+        await task
+        while not values or values[-1] < last:
+            values.append(int((await a.recv()).split()[-1]))
+        assert values == list(range(1, last + 1)), f"seed {seed}"
+        assert await silent(a.ws, 0.3) == []
+
+    try:
+        run(main())
+    finally:
+        proxy.stop()
